@@ -1,0 +1,86 @@
+"""Evaluation: localization recall at the benchmark's thresholds, and retrieval P@K / Recall@K.
+
+Localization: a query counts at threshold (m, deg) when its position error <= m and its rotation
+error <= deg (the Visual Localization Benchmark's definition), per condition (day/night).
+Retrieval: for an anchor with positive set P and ranked list r, P@K = |r[:K] & P| / K and
+Recall@K = 1 if r[:K] & P else 0, averaged over anchors that have positives.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .colmap_io import CameraSpec
+from .geometry import Pose, pose_error
+
+THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+KS = (1, 5, 20, 50, 100, 150, 200)
+
+
+def localization_table(estimates: dict[str, Pose], truth: dict[str, Pose], conditions: dict[str, str],
+                       thresholds=THRESHOLDS) -> dict:
+    """{condition: {"n", "recall": [% per threshold], "median_m", "median_deg"}}; 'all' included.
+    A query with no estimate counts as a failure."""
+    rows: dict[str, list[tuple[float, float]]] = {}
+    for name, gt in truth.items():
+        err = pose_error(estimates[name], gt) if name in estimates else (np.inf, np.inf)
+        for c in (conditions.get(name, "unknown"), "all"):
+            rows.setdefault(c, []).append(err)
+    out = {}
+    for c, errs in sorted(rows.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        e = np.array(errs, dtype=np.float64)
+        out[c] = {"n": len(e),
+                  "recall": [float(100.0 * np.mean((e[:, 0] <= m) & (e[:, 1] <= d))) for m, d in thresholds],
+                  "median_m": float(np.median(e[:, 0])), "median_deg": float(np.median(e[:, 1]))}
+    return out
+
+
+def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=KS) -> dict:
+    """P@K and Recall@K for ranked (A, >= max K) gallery indices; anchors without positives skipped."""
+    keep = [i for i, p in enumerate(positives) if p]
+    ks = [k for k in ks if k <= ranked.shape[1]]
+    out = {"anchors": len(keep), "P": {}, "R": {}}
+    for k in ks:
+        hits = [len(set(ranked[i, :k].tolist()) & positives[i]) for i in keep]
+        out["P"][k] = float(np.mean([h / k for h in hits])) if keep else float("nan")
+        out["R"][k] = float(np.mean([h > 0 for h in hits])) if keep else float("nan")
+    return out
+
+
+def visible_points(camera: CameraSpec, pose: Pose, xyz: np.ndarray, cell: int = 16, slack: float = 0.1
+                   ) -> np.ndarray:
+    """Indices of 3D points a camera sees: in front, inside the image, and not behind a nearer
+    point in the same cell x cell pixel bin (a point-splat z-buffer for occlusion)."""
+    cam = camera.to_pycolmap()
+    Xc = pose.transform(xyz)
+    front = np.flatnonzero(Xc[:, 2] > 1e-6)
+    if not len(front):
+        return front
+    uv = np.asarray(cam.img_from_cam(Xc[front]))
+    ok = (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
+    front, uv, z = front[ok], uv[ok], Xc[front[ok], 2]
+    nx = int(np.ceil(camera.width / cell))
+    b = (uv[:, 1] // cell).astype(np.int64) * nx + (uv[:, 0] // cell).astype(np.int64)
+    zmin = np.full(b.max() + 1 if len(b) else 1, np.inf)
+    np.minimum.at(zmin, b, z)
+    return front[z <= zmin[b] * (1 + slack)]
+
+
+def format_localization(table: dict, title: str) -> str:
+    lines = [f"| {title} | n | (0.25m, 2°) | (0.5m, 5°) | (5m, 10°) | median m | median ° |",
+             "|---|---|---|---|---|---|---|"]
+    for c, r in table.items():
+        lines.append(f"| {c} | {r['n']} | " + " | ".join(f"{v:.1f}%" for v in r["recall"])
+                     + f" | {r['median_m']:.3f} | {r['median_deg']:.2f} |")
+    return "\n".join(lines)
+
+
+def format_retrieval(rows: dict[str, dict]) -> str:
+    ks = sorted({int(k) for r in rows.values() for k in r["P"]})
+    head = "| retrieval | anchors | " + " | ".join(f"P@{k}" for k in ks) + " | " + " | ".join(f"R@{k}" for k in ks) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(ks))]
+    for name, r in rows.items():
+        P = {int(k): v for k, v in r["P"].items()}
+        R = {int(k): v for k, v in r["R"].items()}
+        lines.append(f"| {name} | {r['anchors']} | " + " | ".join(f"{P[k]:.3f}" for k in ks) + " | "
+                     + " | ".join(f"{R[k]:.3f}" for k in ks) + " |")
+    return "\n".join(lines)

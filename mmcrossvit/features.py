@@ -1,0 +1,162 @@
+"""SIFT local features (COLMAP's extractor through pycolmap) and descriptor matching.
+
+Features live in one HDF5 file, a group per image name (hloc's layout):
+  keypoints    (N, 2) float32, COLMAP pixel convention (top-left pixel centre at 0.5, 0.5),
+               in the original image's resolution
+  scales       (N,)   float32
+  descriptors  (N, 128) uint8 (COLMAP's quantised RootSIFT)
+A group is complete once its attribute `done` is set, so an interrupted extraction resumes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import DataError
+from .images import read_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiftConfig:
+    max_image_size: int = 1600      # longer side; larger images are downscaled before extraction
+    max_num_features: int = 8192
+    first_octave: int = -1          # -1 upsamples once (COLMAP default); 0 is ~10x faster
+    peak_threshold: float = 0.02 / 3
+    num_threads: int = -1
+
+    def pycolmap_options(self):
+        import pycolmap
+        o = pycolmap.FeatureExtractionOptions()
+        o.num_threads = self.num_threads
+        o.sift.max_num_features = self.max_num_features
+        o.sift.first_octave = self.first_octave
+        o.sift.peak_threshold = self.peak_threshold
+        return o
+
+
+class SiftExtractor:
+    def __init__(self, conf: SiftConfig):
+        import pycolmap
+        self.conf = conf
+        self._fe = pycolmap.FeatureExtractor.create(conf.pycolmap_options(), device=pycolmap.Device.cpu)
+
+    def __call__(self, gray: np.ndarray) -> dict[str, np.ndarray]:
+        import pycolmap
+        h, w = gray.shape
+        scale = min(1.0, self.conf.max_image_size / max(h, w)) if self.conf.max_image_size > 0 else 1.0
+        if scale < 1.0:
+            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        kp, desc = self._fe.extract_from_uint8_array(np.ascontiguousarray(gray))
+        kp = pycolmap.keypoints_to_matrix(kp).astype(np.float32)
+        desc = np.asarray(desc.data, dtype=np.uint8)
+        if len(kp) > self.conf.max_num_features:  # extra orientations can exceed the cap
+            keep = np.argsort(-kp[:, 2], kind="stable")[: self.conf.max_num_features]
+            kp, desc = kp[np.sort(keep)], desc[np.sort(keep)]
+        sx, sy = w / gray.shape[1], h / gray.shape[0]
+        xy = kp[:, :2] * np.array([sx, sy], dtype=np.float32)  # exact for the 0.5-centred convention
+        return {"keypoints": xy.reshape(-1, 2), "scales": (kp[:, 2] * sx).reshape(-1),
+                "descriptors": desc.reshape(-1, 128)}
+
+
+def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: SiftConfig,
+                     overwrite: bool = False) -> dict:
+    """Extract features for `names` into `out_path`, skipping images already complete there.
+
+    Unreadable images are skipped with a warning, stored with no keypoints and an `error`
+    attribute, and listed in the returned summary.
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite and out_path.exists():
+        out_path.unlink()
+    _drop_if_corrupt(out_path)
+    extractor = None
+    skipped, done = [], 0
+    with h5py.File(out_path, "a") as f:
+        todo = [n for n in names if not (n in f and f[n].attrs.get("done", False))]
+        done = len(names) - len(todo)
+        for name in tqdm(todo, desc="SIFT", unit="img", disable=not todo):
+            if extractor is None:
+                extractor = SiftExtractor(conf)
+            try:
+                feats = extractor(read_image(Path(image_dir) / name, grayscale=True))
+                err = ""
+            except DataError as e:
+                log.warning("skipping %s", e)
+                feats = {"keypoints": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
+                         "descriptors": np.zeros((0, 128), np.uint8)}
+                err = e.reason
+                skipped.append({"image": name, "reason": err})
+            if name in f:
+                del f[name]
+            g = f.create_group(name)
+            for k, v in feats.items():
+                g.create_dataset(k, data=v)
+            g.attrs["error"] = err
+            g.attrs["config"] = str(asdict(conf))
+            g.attrs["done"] = True
+            f.flush()
+        for name in names:  # failures recorded by an earlier, interrupted run
+            if name not in todo and f[name].attrs.get("error", ""):
+                skipped.append({"image": name, "reason": str(f[name].attrs["error"])})
+    return {"extracted": len(todo), "already_done": done, "skipped": skipped}
+
+
+def _drop_if_corrupt(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError:
+        log.warning("%s is unreadable (interrupted write?); starting it again", path)
+        os.remove(path)
+
+
+def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        if name not in f or not f[name].attrs.get("done", False):
+            raise DataError(path, f"no features for image {name!r}; run preprocessing.py first")
+        g = f[name]
+        return {k: g[k][()] for k in ("keypoints", "scales", "descriptors")}
+
+
+def feature_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    if not Path(path).exists():
+        return names
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: names.add(n) if isinstance(o, h5py.Group) and o.attrs.get("done", False) else None)
+    return names
+
+
+def _normalise(desc: np.ndarray) -> torch.Tensor:
+    d = torch.from_numpy(np.asarray(desc, dtype=np.float32))
+    return torch.nn.functional.normalize(d, dim=1)
+
+
+def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
+                      mutual: bool = True) -> np.ndarray:
+    """(M, 2) indices of nearest-neighbour matches passing Lowe's ratio test (on L2 distances)."""
+    if len(desc0) < 2 or len(desc1) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    d0, d1 = _normalise(desc0), _normalise(desc1)
+    sim = d0 @ d1.T
+    top = sim.topk(2, dim=1)
+    dist = torch.sqrt(torch.clamp(2 - 2 * top.values, min=0))
+    ok = dist[:, 0] < ratio * dist[:, 1]
+    nn01 = top.indices[:, 0]
+    if mutual:
+        nn10 = sim.argmax(dim=0)
+        ok &= nn10[nn01] == torch.arange(len(d0))
+    i0 = torch.nonzero(ok).squeeze(1)
+    return torch.stack([i0, nn01[i0]], 1).numpy()

@@ -1,0 +1,151 @@
+"""Hierarchical localization of one query: match against retrieved database images, lift the
+matches to 2D-3D through the database keypoints' triangulated points, PnP-RANSAC + refinement.
+
+hloc's localize_sfm does the same with its own features; this module works on the project's
+SIFT features (features.h5) and the triangulated text model (outputs/<name>/sfm).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .colmap_io import CameraSpec, read_colmap_cameras_poses, read_images_points2d, read_points3d
+from .features import match_descriptors, read_features
+from .geometry import Pose
+
+
+@dataclass
+class SfMModel:
+    """What localization needs from the triangulated model, indexed for fast lookups."""
+    poses: dict[str, Pose]
+    cameras: dict[str, CameraSpec]
+    point3d_ids: dict[str, np.ndarray]      # per database keypoint, -1 if untriangulated
+    xyz: np.ndarray                          # (P, 3)
+    _order: np.ndarray = field(repr=False, default=None)
+    _pids: np.ndarray = field(repr=False, default=None)
+
+    @classmethod
+    def load(cls, folder: Path) -> "SfMModel":
+        cams, poses = read_colmap_cameras_poses(folder)
+        p2d = read_images_points2d(folder)
+        pids, xyz = read_points3d(folder)
+        m = cls(poses, cams, {n: ids for n, (_, ids) in p2d.items()}, xyz)
+        m._pids, m._order = pids, np.argsort(pids)
+        return m
+
+    def point_index(self, ids: np.ndarray) -> np.ndarray:
+        return self._order[np.searchsorted(self._pids, ids, sorter=self._order)]
+
+
+@dataclass
+class QueryResult:
+    name: str
+    pose: Pose
+    success: bool
+    num_matches: int
+    num_inliers: int
+    retrieved: list[str]
+    seconds: dict
+    inliers: list = field(default_factory=list, repr=False)  # per correspondence (for plots)
+    points2d: np.ndarray | None = field(default=None, repr=False)
+    points3d: np.ndarray | None = field(default=None, repr=False)
+    db_of_match: list[str] | None = field(default=None, repr=False)
+
+    def log_row(self) -> dict:
+        return {"query": self.name, "success": self.success, "matches": self.num_matches,
+                "inliers": self.num_inliers, "retrieved": self.retrieved, "seconds": self.seconds}
+
+
+def covisibility_clusters(model: SfMModel, names: list[str]) -> list[list[str]]:
+    """Retrieved images grouped into connected components of shared 3D points, largest first
+    (hloc's covisibility clustering), keeping retrieval order within a cluster."""
+    sets = [set(model.point3d_ids.get(n, np.zeros(0, np.int64))[model.point3d_ids.get(n, np.zeros(0, np.int64)) >= 0].tolist())
+            for n in names]
+    parent = list(range(len(names)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if sets[i] & sets[j]:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[str]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(find(i), []).append(n)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: list[str], ratio: float = 0.8
+                    ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Query 2D keypoints, their 3D points, the db image each came from, and the raw match count."""
+    p2, p3, src = [], [], []
+    total = 0
+    for n in db_names:
+        if n not in model.point3d_ids:
+            continue
+        f = read_features(features, n)
+        m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio)
+        total += len(m)
+        ids = model.point3d_ids[n]
+        if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
+            raise RuntimeError(f"features of {n} no longer match the SfM model; re-run preprocessing.py --overwrite")
+        m = m[ids[m[:, 1]] >= 0]
+        p2.append(q_feats["keypoints"][m[:, 0]])
+        p3.append(model.xyz[model.point_index(ids[m[:, 1]])])
+        src += [n] * len(m)
+    if not p2:
+        return np.zeros((0, 2)), np.zeros((0, 3)), [], total
+    return np.concatenate(p2).astype(np.float64), np.concatenate(p3), src, total
+
+
+def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, max_error: float = 12.0):
+    """PnP-RANSAC + refinement (pycolmap); returns (Pose, inlier mask) or None."""
+    import pycolmap
+    if len(points2d) < 4:
+        return None
+    opts = pycolmap.AbsolutePoseEstimationOptions()
+    opts.ransac.max_error = max_error
+    ret = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, camera.to_pycolmap(), opts)
+    if ret is None:
+        return None
+    T = ret["cam_from_world"]
+    return Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)), np.asarray(ret["inlier_mask"], bool)
+
+
+def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
+                   ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
+                   min_inliers: int = 12) -> QueryResult:
+    """Localize one query; on failure its pose is the top retrieved image's (as hloc does)."""
+    t0 = time.time()
+    try:
+        qf = read_features(features, name)
+    except Exception:
+        qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
+    t1 = time.time()
+    groups = covisibility_clusters(model, retrieved) if covisibility else [retrieved]
+    best = None
+    total = 0
+    t_match = t_pnp = 0.0
+    for g in groups:
+        ta = time.time()
+        p2, p3, src, n = correspondences(model, qf, features, g, ratio)
+        tb = time.time()
+        total += n
+        est = estimate_pose(p2, p3, camera, max_error)
+        t_match += tb - ta
+        t_pnp += time.time() - tb
+        if est is not None and (best is None or est[1].sum() > best[1].sum()):
+            best = (est[0], est[1], p2, p3, src)
+    secs = {"features": round(t1 - t0, 4), "matching": round(t_match, 4), "pnp": round(t_pnp, 4)}
+    if best is not None and best[1].sum() >= min_inliers:
+        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs,
+                           best[1].tolist(), best[2], best[3], best[4])
+    fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
+    return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs)

@@ -1,0 +1,190 @@
+"""Structure-from-motion with pycolmap: database pairs, matching, triangulation from known poses.
+
+The flow follows hloc's triangulation: the reference model's cameras, rigs, frames and images
+go into a fresh COLMAP database with their own ids, our SIFT features and matches are imported,
+matches are verified against the known relative poses (epipolar distance), and
+`pycolmap.triangulate_points` builds the 3D points. Without poses, `incremental_mapping`
+reconstructs instead.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .colmap_io import CameraSpec, write_colmap_text
+from .features import match_descriptors, read_features
+from .geometry import Pose
+
+log = logging.getLogger(__name__)
+
+
+def reference_reconstruction(cameras: dict[str, CameraSpec], poses: dict[str, Pose]):
+    """A pycolmap.Reconstruction (no points) with one camera per image, ids 1..N in name order."""
+    import pycolmap
+    names = sorted(poses)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_colmap_text(tmp, {n: cameras[n] for n in names}, {n: poses[n] for n in names})
+        return pycolmap.Reconstruction(tmp)
+
+
+def pairs_from_poses(poses: dict[str, Pose], num: int = 20, max_angle: float = 60.0) -> list[tuple[str, str]]:
+    """For each image, its `num` nearest images by camera centre among those looking within
+    `max_angle` degrees of its own direction (hloc's pairs_from_poses idea)."""
+    names = sorted(poses)
+    if len(names) < 2:
+        return []
+    C = np.stack([poses[n].center for n in names])
+    D = np.stack([poses[n].viewing_direction for n in names])
+    dist = np.linalg.norm(C[:, None] - C[None], axis=-1)
+    cos = np.clip(D @ D.T, -1, 1)
+    dist[cos < np.cos(np.radians(max_angle))] = np.inf
+    np.fill_diagonal(dist, np.inf)
+    k = min(num, len(names) - 1)
+    idx = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    pairs = set()
+    for i, row in enumerate(idx):
+        for j in row:
+            if np.isfinite(dist[i, j]):
+                pairs.add((names[min(i, j)], names[max(i, j)]))
+    return sorted(pairs)
+
+
+def pairs_exhaustive(names: list[str]) -> list[tuple[str, str]]:
+    names = sorted(names)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
+def create_database(rec, db_path: Path) -> dict[str, int]:
+    """Write the model's cameras, rigs, frames and images into a new COLMAP database."""
+    import pycolmap
+    if db_path.exists():
+        db_path.unlink()
+    with pycolmap.Database.open(db_path) as db:
+        for cam in rec.cameras.values():
+            db.write_camera(cam, use_camera_id=True)
+        for rig in rec.rigs.values():
+            db.write_rig(rig, use_rig_id=True)
+        for frame in rec.frames.values():
+            db.write_frame(frame, use_frame_id=True)
+        for im in rec.images.values():
+            db.write_image(im, use_image_id=True)
+    return {im.name: iid for iid, im in rec.images.items()}
+
+
+def import_features(db_path: Path, image_ids: dict[str, int], features: Path) -> None:
+    import pycolmap
+    with pycolmap.Database.open(db_path) as db:
+        for name, iid in tqdm(image_ids.items(), desc="import features", unit="img"):
+            f = read_features(features, name)
+            kp = np.concatenate([f["keypoints"], f["scales"][:, None], np.zeros_like(f["scales"])[:, None]], 1)
+            db.write_keypoints(iid, kp.astype(np.float32))
+            db.write_descriptors(iid, pycolmap.FeatureDescriptors(f["descriptors"]) if hasattr(pycolmap, "FeatureDescriptors") else f["descriptors"])
+
+
+def epipolar_inliers(cam0, pose0: Pose, kp0: np.ndarray, cam1, pose1: Pose, kp1: np.ndarray,
+                     max_error: float) -> np.ndarray:
+    """Mask of correspondences within `max_error` pixels of their epipolar lines (both ways)."""
+    x0 = np.asarray(cam0.cam_from_img(kp0.astype(np.float64)))
+    x1 = np.asarray(cam1.cam_from_img(kp1.astype(np.float64)))
+    rel = pose1 @ pose0.inverse()
+    t = rel.t
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.R
+    h0 = np.concatenate([x0, np.ones((len(x0), 1))], 1)
+    h1 = np.concatenate([x1, np.ones((len(x1), 1))], 1)
+    l1 = h0 @ E.T   # lines in image 1
+    l0 = h1 @ E     # lines in image 0
+    num = np.abs(np.sum(h1 * l1, 1))
+    e1 = num / np.maximum(np.linalg.norm(l1[:, :2], axis=1), 1e-12)
+    e0 = num / np.maximum(np.linalg.norm(l0[:, :2], axis=1), 1e-12)
+    return (e0 <= cam0.cam_from_img_threshold(max_error)) & (e1 <= cam1.cam_from_img_threshold(max_error))
+
+
+def match_and_verify(db_path: Path, rec, image_ids: dict[str, int], pairs: list[tuple[str, str]],
+                     features: Path, ratio: float = 0.8, max_error: float = 4.0,
+                     use_poses: bool = True) -> dict:
+    """Match every pair, keep matches consistent with the known poses, write both to the db."""
+    import pycolmap
+    cache: dict[str, dict] = {}
+
+    def feats(name):
+        if name not in cache:
+            if len(cache) > 256:
+                cache.pop(next(iter(cache)))
+            cache[name] = read_features(features, name)
+        return cache[name]
+
+    n_matches, n_inliers = [], []
+    with pycolmap.Database.open(db_path) as db:
+        for a, b in tqdm(pairs, desc="match", unit="pair"):
+            fa, fb = feats(a), feats(b)
+            m = match_descriptors(fa["descriptors"], fb["descriptors"], ratio=ratio).astype(np.uint32)
+            ia, ib = image_ids[a], image_ids[b]
+            db.write_matches(ia, ib, m)
+            if use_poses:
+                if len(m):
+                    A, B = rec.images[ia], rec.images[ib]
+                    pa = Pose(np.asarray(A.cam_from_world().rotation.matrix()), np.asarray(A.cam_from_world().translation))
+                    pb = Pose(np.asarray(B.cam_from_world().rotation.matrix()), np.asarray(B.cam_from_world().translation))
+                    ok = epipolar_inliers(rec.cameras[A.camera_id], pa, fa["keypoints"][m[:, 0]],
+                                          rec.cameras[B.camera_id], pb, fb["keypoints"][m[:, 1]], max_error)
+                    inl = m[ok]
+                else:
+                    inl = m
+                db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(inlier_matches=inl))
+                n_inliers.append(len(inl))
+            n_matches.append(len(m))
+    return {"pairs": len(pairs), "mean_matches": float(np.mean(n_matches)) if n_matches else 0.0,
+            "mean_verified": float(np.mean(n_inliers)) if n_inliers else None}
+
+
+def triangulate(rec, db_path: Path, image_dir: Path, out_dir: Path, verbose: bool = False):
+    import pycolmap
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    opts = pycolmap.IncrementalPipelineOptions()
+    result = pycolmap.triangulate_points(rec, db_path, image_dir, tmp, clear_points=True, options=opts)
+    result.write_text(str(tmp))
+    _replace_dir(tmp, out_dir)
+    return result
+
+
+def incremental(db_path: Path, image_dir: Path, out_dir: Path):
+    """Reconstruct poses and points when the dataset has no poses; keeps the largest model."""
+    import pycolmap
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    models = pycolmap.incremental_mapping(db_path, image_dir, tmp)
+    if not models:
+        raise RuntimeError("incremental mapping reconstructed no model (too few matches?)")
+    best = max(models.values(), key=lambda r: r.num_reg_images())
+    final = tmp.with_name(tmp.name + "_best")
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    best.write_text(str(final))
+    shutil.rmtree(tmp)
+    _replace_dir(final, out_dir)
+    return best
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_summary(rec) -> dict:
+    tracks = [p.track.length() for p in rec.points3D.values()]
+    return {"registered_images": rec.num_reg_images(), "points": rec.num_points3D(),
+            "observations": int(sum(tracks)),
+            "mean_track_length": float(np.mean(tracks)) if tracks else 0.0,
+            "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if tracks else 0.0}

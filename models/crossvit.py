@@ -1,0 +1,322 @@
+"""Student and teacher CrossViTs for retrieval-based visual localization.
+
+Both are timm `CrossVit` models with crossvit_tiny_240 geometry (branch widths 96/192, patch
+sizes 12/16, three multi-scale blocks of depth (1, 4, 0), 3 heads, MLP ratio 4) whose classifier
+heads emit an `embed_dim` descriptor. `forward` returns the two branch heads averaged (timm's
+`forward_head`) and L2-normalised.
+
+* `Student`: image-only, what runs on queries.
+* `Teacher`: branch 0 sees the image; branch 1 sees per-patch 3D spatial tokens instead of
+  image patches (a G x G grid plus a camera token, encoded elsewhere).
+
+Every model carries `.config`, the keyword arguments that rebuild it (`build_model(**config)`),
+so a checkpoint can record its architecture. Checkpoints never go through pickle.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.models.crossvit import CrossVit, scale_image
+
+from mmcrossvit.errors import DataError
+
+__all__ = [
+    'Student', 'Teacher', 'SpatialTokenEmbed', 'build_student', 'build_teacher', 'build_model',
+    'load_pretrained_timm', 'load_init', 'read_state_dict',
+]
+
+# timm's crossvit_tiny_240, minus image size and classes
+TINY_ARGS = dict(
+    patch_size=(12, 16),
+    embed_dim=(96, 192),
+    depth=((1, 4, 0),) * 3,
+    num_heads=(3, 3),
+    mlp_ratio=(4., 4., 1.),
+)
+_NORM = partial(nn.LayerNorm, eps=1e-6)  # the norm timm's CrossVit uses everywhere
+
+
+def _scale_to(img_size: int, target: int) -> float:
+    # timm floors img_size * scale; half a pixel of slack keeps float error from dropping one
+    return (target + 0.5) / img_size
+
+
+def student_branch_sizes(img_size: int) -> tuple[int, int]:
+    """(branch-0, branch-1) input sizes; branch 1 sees img_size * 224/240 as in timm."""
+    if img_size <= 0 or (img_size * 224) % 240:
+        raise ValueError(f"img_size={img_size}: img_size * 224/240 must be a whole number of pixels "
+                         f"(img_size must be a multiple of 15; the student needs a multiple of 120, "
+                         f"e.g. 120, 240, 360)")
+    s0, s1 = img_size, img_size * 224 // 240
+    if s0 % 12 or s1 % 16:
+        raise ValueError(f"img_size={img_size}: branch sizes ({s0}, {s1}) must be multiples of the "
+                         f"patch sizes (12, 16); use a multiple of 120, e.g. 120, 240, 360")
+    return s0, s1
+
+
+class Student(CrossVit):
+    """Image-only CrossViT-tiny; `forward(images)` -> (B, embed_dim) L2-normalised."""
+
+    def __init__(self, img_size: int = 240, embed_dim: int = 1000, drop_path_rate: float = 0.0):
+        s0, s1 = student_branch_sizes(img_size)
+        super().__init__(img_size=img_size, img_scale=(1.0, _scale_to(img_size, s1)),
+                         num_classes=embed_dim, drop_path_rate=drop_path_rate, **TINY_ARGS)
+        assert [s[0] for s in self.img_size_scaled] == [s0, s1], self.img_size_scaled
+        self.config = dict(arch='student', img_size=img_size, embed_dim=embed_dim,
+                           drop_path_rate=drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(super().forward(x), dim=-1)
+
+
+class SpatialTokenEmbed(nn.Module):
+    """Spatial tokens -> branch-1 width: patch tokens and camera token each get Linear + LayerNorm.
+
+    Patches without a 3D point (valid False) get their input zeroed and a learned `missing`
+    embedding added, so whatever the encoder wrote there cannot leak in.
+    """
+
+    def __init__(self, grid: int, token_dim: int, dim: int):
+        super().__init__()
+        self.grid = grid
+        self.token_dim = token_dim
+        self.proj = nn.Linear(token_dim, dim)
+        self.norm = _NORM(dim)
+        self.cam_proj = nn.Linear(token_dim, dim)
+        self.cam_norm = _NORM(dim)
+        self.missing = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, tokens: torch.Tensor, valid: Optional[torch.Tensor] = None):
+        B = tokens.shape[0]
+        n = self.grid * self.grid
+        if tokens.ndim != 3 or tokens.shape[1:] != (1 + n, self.token_dim):
+            raise ValueError(f"spatial tokens must be (B, 1 + {self.grid}*{self.grid}, {self.token_dim}) "
+                             f"= (B, {1 + n}, {self.token_dim}) [camera token first, then patches "
+                             f"row-major], got {tuple(tokens.shape)}")
+        tokens = tokens.to(self.proj.weight.dtype)
+        cam, pts = tokens[:, :1], tokens[:, 1:]
+        if valid is None:
+            return self.cam_norm(self.cam_proj(cam)), self.norm(self.proj(pts))
+        if valid.shape != (B, n):
+            raise ValueError(f"valid mask must be (B, {n}) = {(B, n)}, got {tuple(valid.shape)}")
+        keep = valid.to(torch.bool).unsqueeze(-1)
+        pts = self.norm(self.proj(pts * keep)) + self.missing * (~keep)
+        return self.cam_norm(self.cam_proj(cam)), pts
+
+
+class Teacher(CrossVit):
+    """Two-modality CrossViT-tiny: branch 0 = image patches, branch 1 = 3D spatial tokens.
+
+    `forward(images, tokens, valid=None)` -> (B, embed_dim) L2-normalised, where `tokens` is
+    (B, 1 + grid*grid, token_dim) (index 0 camera token, then patch tokens row-major) and `valid`
+    an optional bool (B, grid*grid) mask, False where a patch sees no 3D point. Branch 1 keeps
+    timm's class token, learned position embedding (for a grid x grid layout, i.e. a 16*grid
+    "image"), blocks, norm and head; only its patch embedding is replaced by `token_embed`.
+    """
+
+    def __init__(self, img_size: int = 240, grid: int = 14, token_dim: int = 192,
+                 embed_dim: int = 1000, drop_path_rate: float = 0.0):
+        if img_size <= 0 or img_size % 12:
+            raise ValueError(f"img_size={img_size} must be a positive multiple of the branch-0 patch size 12")
+        if grid <= 0 or token_dim <= 0:
+            raise ValueError(f"grid={grid} and token_dim={token_dim} must be positive")
+        s1 = 16 * grid
+        super().__init__(img_size=img_size, img_scale=(1.0, _scale_to(img_size, s1)),
+                         num_classes=embed_dim, drop_path_rate=drop_path_rate, **TINY_ARGS)
+        assert [s[0] for s in self.img_size_scaled] == [img_size, s1], self.img_size_scaled
+        # branch 1 has no pixels: drop its conv so its (unused) weights never enter checkpoints
+        self.patch_embed = nn.ModuleList([self.patch_embed[0]])
+        self.token_embed = SpatialTokenEmbed(grid, token_dim, self.embed_dim[1])
+        self.token_embed.apply(self._init_weights)
+        trunc_normal_(self.token_embed.missing, std=.02)
+        self.grid = grid
+        self.config = dict(arch='teacher', img_size=img_size, grid=grid, token_dim=token_dim,
+                           embed_dim=embed_dim, drop_path_rate=drop_path_rate)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return super().no_weight_decay() | {'token_embed.missing'}
+
+    def forward_features(self, images: torch.Tensor, tokens: torch.Tensor,
+                         valid: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        B = images.shape[0]
+        if tokens.shape[0] != B:
+            raise ValueError(f"{B} images but {tokens.shape[0]} token sets")
+        x0 = self.patch_embed[0](scale_image(images, self.img_size_scaled[0], self.crop_scale))
+        x0 = torch.cat((self.cls_token_0.expand(B, -1, -1), x0), dim=1) + self.pos_embed_0
+        cam, pts = self.token_embed(tokens, valid)
+        # the camera pose conditions branch 1 through its class token, which cross-attends to branch 0
+        x1 = torch.cat((self.cls_token_1.expand(B, -1, -1) + cam, pts), dim=1) + self.pos_embed_1
+        xs = [self.pos_drop(x0), self.pos_drop(x1)]
+        for blk in self.blocks:
+            xs = blk(xs)
+        return [norm(x) for norm, x in zip(self.norm, xs)]
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise NotImplementedError("Teacher takes spatial tokens; use forward_features(images, tokens, valid)")
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.normalize(self.forward_head(self.forward_features(images, tokens, valid)), dim=-1)
+
+
+def build_student(img_size: int = 240, embed_dim: int = 1000, drop_path_rate: float = 0.0) -> Student:
+    return Student(img_size=img_size, embed_dim=embed_dim, drop_path_rate=drop_path_rate)
+
+
+def build_teacher(img_size: int = 240, grid: int = 14, token_dim: int = 192, embed_dim: int = 1000,
+                  drop_path_rate: float = 0.0) -> Teacher:
+    return Teacher(img_size=img_size, grid=grid, token_dim=token_dim, embed_dim=embed_dim,
+                   drop_path_rate=drop_path_rate)
+
+
+def build_model(arch: str, **kwargs) -> nn.Module:
+    """Rebuild a model from its `.config`: `build_model(**model.config)`."""
+    builders = {'student': build_student, 'teacher': build_teacher}
+    if arch not in builders:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(builders)}")
+    return builders[arch](**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# weight loading
+
+
+def _fit_pos_embed(src: torch.Tensor, dst: torch.Tensor) -> Optional[torch.Tensor]:
+    """Resample a (1, 1 + g*g, C) position embedding onto dst's square grid; None if impossible."""
+    if src.ndim != 3 or src.shape[0] != 1 or src.shape[2] != dst.shape[2]:
+        return None
+    g_src, g_dst = math.isqrt(src.shape[1] - 1), math.isqrt(dst.shape[1] - 1)
+    if g_src ** 2 != src.shape[1] - 1 or g_dst ** 2 != dst.shape[1] - 1:
+        return None
+    return resample_abs_pos_embed(src, new_size=[g_dst, g_dst], old_size=[g_src, g_src], num_prefix_tokens=1)
+
+
+def _match(src: dict, own: dict, resample: bool):
+    """Split src into loadable tensors and the reasons the rest cannot load."""
+    loadable, mismatched = {}, []
+    for k, v in src.items():
+        if k not in own:
+            continue
+        if v.shape != own[k].shape and resample and k.startswith('pos_embed_'):
+            fitted = _fit_pos_embed(v.float(), own[k])
+            v = v if fitted is None else fitted
+        if v.shape == own[k].shape:
+            loadable[k] = v
+        else:
+            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    missing = [k for k in own if k not in src]
+    unexpected = [k for k in src if k not in own]
+    return loadable, mismatched, missing, unexpected
+
+
+def _short(items: list, n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_pretrained_timm(model: nn.Module) -> dict:
+    """Copy ImageNet crossvit_tiny_240 weights (timm / HF hub) into a Student or Teacher.
+
+    Copies every tensor whose name and shape match; position embeddings of other grid sizes are
+    resampled (bicubic). Heads load only when embed_dim is 1000. The teacher's spatial-token
+    embedding stays as initialised. Returns {'loaded': [...], 'skipped': [...]}.
+    Raises RuntimeError when the weights cannot be had (they need internet); offline, the hub
+    client retries for ~45 s first unless HF_HUB_OFFLINE=1 is set.
+    """
+    try:
+        src = timm.create_model('crossvit_tiny_240', pretrained=True)
+    except Exception as e:  # network, hub or cache failures all mean the same thing here
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise RuntimeError(
+            "could not get ImageNet weights for timm 'crossvit_tiny_240': they are downloaded from "
+            "the Hugging Face hub and need internet (or a populated HF cache). Start from a local "
+            f"checkpoint with --init-from PATH instead, or train from scratch. Cause: {cause}") from e
+    loadable, mismatched, _, unexpected = _match(src.state_dict(), model.state_dict(), resample=True)
+    model.load_state_dict(loadable, strict=False)
+    return {'loaded': sorted(loadable), 'skipped': sorted(unexpected + [m.split(':')[0] for m in mismatched])}
+
+
+def read_state_dict(path: str | Path) -> tuple[dict, Optional[dict]]:
+    """(state dict, saved config or None) from a .safetensors file or a torch checkpoint.
+
+    torch files are read with weights_only=True; a dict with a 'model' (or 'state_dict') entry
+    or a bare state dict are accepted; 'module.' / '_orig_mod.' prefixes (DDP, torch.compile)
+    are stripped. A config is taken from a 'config' entry or safetensors metadata 'config' (JSON).
+    """
+    import json
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    config = None
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt', device='cpu') as f:
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+        except Exception as e:
+            raise DataError(path, f"not a readable safetensors file ({e})") from e
+        if 'config' in meta:
+            try:
+                config = json.loads(meta['config'])
+            except ValueError:
+                config = None
+    else:
+        try:
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:
+            raise DataError(path, f"not a readable torch checkpoint with weights_only=True ({e})") from e
+        if not isinstance(obj, dict):
+            raise DataError(path, f"expected a state dict or a dict with 'model', got {type(obj).__name__}")
+        if isinstance(obj.get('config'), dict):
+            config = obj['config']
+        for key in ('model', 'state_dict'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        sd = obj
+    if not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise DataError(path, "holds no state dict (expected tensors by name, bare or under 'model')")
+    out = {}
+    for k, v in sd.items():
+        for prefix in ('module.', '_orig_mod.'):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out, config
+
+
+def load_init(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
+    """Initialise `model` from a local checkpoint; returns {'loaded', 'missing', 'unexpected', 'mismatched'}.
+
+    strict=True: every tensor must match by name and shape, else a ValueError naming the file
+    (e.g. another model or embedding size). strict=False: load what matches by name and shape
+    (position embeddings resampled to the model's grid), e.g. a teacher -> student init loads
+    branch 0, the blocks, norms and heads, but not the teacher's `token_embed` (and the student's
+    `patch_embed.1` stays as initialised); ValueError if nothing matches at all.
+    """
+    sd, saved_config = read_state_dict(path)
+    loadable, mismatched, missing, unexpected = _match(sd, model.state_dict(), resample=not strict)
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing from checkpoint: {_short(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_short(unexpected)}")
+    target = getattr(model, 'config', type(model).__name__)
+    saved = f" (checkpoint config: {saved_config})" if saved_config else ""
+    if (strict and problems) or not loadable:
+        raise DataError(path, f"checkpoint does not fit model {target}{saved}: "
+                              + ("; ".join(problems) if problems else "no tensors"))
+    model.load_state_dict(loadable, strict=False)
+    return {'loaded': sorted(loadable), 'missing': missing, 'unexpected': unexpected,
+            'mismatched': mismatched}
