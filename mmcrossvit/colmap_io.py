@@ -202,16 +202,19 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
     try:
         lineno, tok = next(it)
     except StopIteration:
-        raise DataError(path, "missing the camera count after the header") from None
+        raise DataError(path, "missing the camera count after the header", lineno) from None
     if len(tok) != 1:
         raise DataError(path, f"expected the camera count, got {' '.join(tok)!r}", lineno)
     n = _int(path, lineno, tok[0], "the camera count")
+    if n < 0:
+        raise DataError(path, f"negative camera count {n}", lineno)
+    count_line = lineno
     cams = []
     for _ in range(n):
         try:
             lineno, tok = next(it)
         except StopIteration:
-            raise DataError(path, f"file ends after {len(cams)} of {n} cameras") from None
+            raise DataError(path, f"file ends after {len(cams)} of {n} cameras", count_line) from None
         if len(tok) < 10:
             raise DataError(path, "expected '<name> <focal> <qw qx qy qz> <cx cy cz> <radial> 0'", lineno)
         v = _floats(path, lineno, tok[1:10], "camera")
@@ -228,19 +231,22 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
         lineno, tok = next(it)
     except StopIteration:
         return model  # no point section at all
+    if len(tok) != 1:
+        raise DataError(path, f"expected the point count, got {' '.join(tok)!r}", lineno)
     npts = _int(path, lineno, tok[0], "the point count")
-    xyz = np.zeros((npts, 3))
-    rgb = np.zeros((npts, 3), dtype=np.uint8)
-    obs = []
+    if npts < 0:
+        raise DataError(path, f"negative point count {npts}", lineno)
+    count_line = lineno
+    xyz, rgb, obs = [], [], []  # lists, not preallocated: a corrupt count must not allocate
     for i in range(npts):
         try:
             lineno, tok = next(it)
         except StopIteration:
-            raise DataError(path, f"file ends after {i} of {npts} points") from None
+            raise DataError(path, f"file ends after {i} of {npts} points", count_line) from None
         if len(tok) < 7:
             raise DataError(path, "expected '<x y z> <r g b> <n> (<img> <feat> <x> <y>)*n'", lineno)
-        xyz[i] = _floats(path, lineno, tok[:3], "point position")
-        rgb[i] = np.clip(_floats(path, lineno, tok[3:6], "point colour"), 0, 255)
+        xyz.append(_floats(path, lineno, tok[:3], "point position"))
+        rgb.append(np.clip(_floats(path, lineno, tok[3:6], "point colour"), 0, 255))
         m = _int(path, lineno, tok[6], "the measurement count")
         if len(tok) != 7 + 4 * m:
             raise DataError(path, f"point has {m} measurements, so {7 + 4 * m} fields; got {len(tok)}", lineno)
@@ -253,7 +259,9 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
             x, y = _floats(path, lineno, a[2:], "measurement")
             o.append((ci, fi, x, y))
         obs.append(o)
-    model.points_xyz, model.points_rgb, model.observations = xyz, rgb, obs
+    model.points_xyz = np.array(xyz, dtype=np.float64).reshape(-1, 3)
+    model.points_rgb = np.array(rgb).reshape(-1, 3).astype(np.uint8)
+    model.observations = obs
     return model
 
 

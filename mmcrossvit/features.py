@@ -9,6 +9,7 @@ A group is complete once its attribute `done` is set, so an interrupted extracti
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -102,7 +103,7 @@ def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: Si
             for k, v in feats.items():
                 g.create_dataset(k, data=v)
             g.attrs["error"] = err
-            g.attrs["config"] = str(asdict(conf))
+            g.attrs["config"] = json.dumps(asdict(conf))
             g.attrs["done"] = True
             f.flush()
         for name in names:  # failures recorded by an earlier, interrupted run
@@ -120,6 +121,14 @@ def _drop_if_corrupt(path: Path) -> None:
     except OSError:
         log.warning("%s is unreadable (interrupted write?); starting it again", path)
         os.remove(path)
+
+
+def stored_config(path: Path) -> SiftConfig | None:
+    """The extraction settings recorded in a features file (None if it holds no image)."""
+    with h5py.File(path, "r") as f:
+        found = []
+        f.visititems(lambda n, o: found.append(o.attrs["config"]) if isinstance(o, h5py.Group) and "config" in o.attrs and not found else None)
+    return SiftConfig(**json.loads(found[0])) if found else None
 
 
 def read_features(path: Path, name: str) -> dict[str, np.ndarray]:

@@ -87,10 +87,9 @@ def robust_boxes(A: sp.csr_matrix, xyz: np.ndarray, z_thresh: float = 3.0) -> np
     rows = np.repeat(np.arange(A.shape[0]), n)
     P = xyz[A.indices].astype(np.float64)                       # one row per observation
     cnt = np.maximum(n, 1)[:, None]
-    mean = np.add.reduceat(P, A.indptr[:-1], axis=0) / cnt if len(P) else np.zeros((A.shape[0], 3))
-    mean[n == 0] = 0
-    sq = np.add.reduceat(P ** 2, A.indptr[:-1], axis=0) / cnt if len(P) else np.zeros((A.shape[0], 3))
-    sq[n == 0] = 0
+    # per-image sums by bincount (np.add.reduceat fails on trailing images without points)
+    mean = np.stack([np.bincount(rows, P[:, k], minlength=A.shape[0]) for k in range(3)], 1) / cnt
+    sq = np.stack([np.bincount(rows, P[:, k] ** 2, minlength=A.shape[0]) for k in range(3)], 1) / cnt
     std = np.sqrt(np.maximum(sq - mean ** 2, 0))
     std = np.where(std > 1e-12 * np.maximum(1, np.abs(mean)), std, 1.0)
     z = np.abs(P - mean[rows]) / std[rows]

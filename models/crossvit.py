@@ -320,3 +320,13 @@ def load_init(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
     model.load_state_dict(loadable, strict=False)
     return {'loaded': sorted(loadable), 'missing': missing, 'unexpected': unexpected,
             'mismatched': mismatched}
+
+
+def load_model(path: str | Path, device: str | torch.device = 'cpu') -> nn.Module:
+    """Rebuild a model from a checkpoint that records its `.config`, load it strictly, eval mode."""
+    sd, config = read_state_dict(path)
+    if not config or 'arch' not in config:
+        raise DataError(path, "checkpoint records no model config; rebuild the model and use load_init")
+    model = build_model(**config)
+    load_init(model, path, strict=True)
+    return model.to(device).eval()

@@ -1,0 +1,31 @@
+# The README's commands. `make demo` and `make test` create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATASET ?= datasets/demo
+NAME ?= $(notdir $(patsubst %/,%,$(DATASET)))
+PRESET ?= demo
+
+.PHONY: demo pipeline test install clean-demo
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# The whole chain on the embedded synthetic scenes (generated on first run).
+demo: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate demo --dataset datasets/demo --preset demo
+
+# The same chain on any dataset in the documented layout.
+pipeline: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset $(DATASET) --name $(NAME) --preset $(PRESET)
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf datasets/demo outputs/demo DataBase/demo

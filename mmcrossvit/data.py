@@ -1,0 +1,56 @@
+"""Image preprocessing shared by training and retrieval, and the photometric night simulation.
+
+Images are resized to a square `size` x `size` (aspect not kept, as the authors do) and
+normalised with ImageNet statistics (what timm's CrossViT expects).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .images import read_image
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def load_resized(path: str | Path, size: int) -> np.ndarray:
+    """uint8 RGB (size, size, 3)."""
+    img = read_image(path)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> normalised float (3, H, W)."""
+    x = (img.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def night_simulation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A photometric day-to-night change on a uint8 RGB image: global darkening with a gamma
+    curve, a warm or cool colour cast, a few coloured light pools, blur and sensor noise.
+    Stands in for the paper's CycleGAN night renderings when none are provided."""
+    h, w = img.shape[:2]
+    x = img.astype(np.float32) / 255.0
+    x = x ** rng.uniform(1.6, 2.6) * rng.uniform(0.25, 0.5)
+    cast = np.array([rng.uniform(0.9, 1.3), rng.uniform(0.8, 1.05), rng.uniform(0.6, 1.0)], np.float32)
+    x = x * cast
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for _ in range(rng.integers(1, 4)):  # street-lamp-like pools of light
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0.3 * h, h), rng.uniform(0.15, 0.5) * max(h, w)
+        colour = np.array([1.0, rng.uniform(0.6, 0.9), rng.uniform(0.3, 0.6)], np.float32)
+        pool = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+        x = x + rng.uniform(0.2, 0.6) * pool * colour * (0.3 + img.astype(np.float32) / 255.0)
+    k = int(rng.integers(0, 2)) * 2 + 1
+    if k > 1:
+        x = cv2.GaussianBlur(x, (k, k), 0)
+    x = x + rng.normal(0, rng.uniform(0.01, 0.04), x.shape).astype(np.float32)
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def cyclegan_path(image_path: Path) -> Path:
+    """`<name>_cyclegan.<ext>` beside an image: a user-provided night rendering of it."""
+    return image_path.with_name(f"{image_path.stem}_cyclegan{image_path.suffix}")
