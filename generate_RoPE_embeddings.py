@@ -24,7 +24,7 @@ from mmcrossvit import spatial_tokens as st
 from mmcrossvit.colmap_io import read_colmap_cameras_poses, read_model_observations
 from mmcrossvit.errors import DataError
 from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import is_complete, read_safetensors, write_safetensors
+from mmcrossvit.storage import is_complete, read_json, read_safetensors, write_safetensors
 
 log = logging.getLogger("rope")
 
@@ -96,7 +96,8 @@ def main(argv=None) -> Path:
                       metadata={"names": json.dumps(names), "params": json.dumps(params)})
     print(f"{len(names)} images, {G}x{G} patches, D={args.dim}, mode={args.mode}: "
           f"{valid.mean() * 100:.1f}% of patches have 3D points -> {out}")
-    _plot_sample(paths, names[len(names) // 2], points[len(names) // 2], valid[len(names) // 2], G, norm,
+    k = int(np.argmax(valid.sum(1)))  # the sample with the most observed patches
+    _plot_sample(paths, names[k], points[k], valid[k], G, norm,
                  out.with_name(out.stem + "_sample.png"))
     return out
 
@@ -112,11 +113,11 @@ def _plot_sample(paths, name, pts, valid, G, norm, png: Path) -> None:
     rgb = (p - p.min(0)) / np.maximum(np.ptp(p, 0), 1e-9)
     rgb[valid == 0] = 0.5
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
-    img_path = None
-    for cand in (paths.out.parent.parent / "datasets" / paths.name / IMAGES / name,):
-        img_path = cand if cand.exists() else None
-    if img_path is not None:
-        ax[0].imshow(plt.imread(img_path))
+    summary = paths.out / "preprocessing_summary.json"
+    if summary.exists():  # preprocessing records where the dataset lives
+        img_path = Path(read_json(summary)["dataset_root"]) / IMAGES / name
+        if img_path.exists():
+            ax[0].imshow(plt.imread(img_path))
     ax[0].set_title(name, fontsize=8)
     ax[1].imshow(rgb.reshape(G, G, 3), interpolation="nearest")
     for (r, c) in zip(*np.nonzero(valid.reshape(G, G) == 0)):

@@ -30,7 +30,7 @@ from mmcrossvit.errors import DataError
 from mmcrossvit.features import SiftConfig, extract_features
 from mmcrossvit.layout import Dataset
 from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import is_complete, write_json, write_text
+from mmcrossvit.storage import is_complete, read_json, write_json, write_text
 
 log = logging.getLogger("preprocessing")
 
@@ -133,7 +133,6 @@ def main(argv=None) -> dict:
         write_json(paths.sfm_summary, sfm_summary)
     else:
         log.info("SfM model %s is complete; skipping (use --overwrite to redo)", paths.sfm)
-    from mmcrossvit.storage import read_json
     sfm_summary = read_json(paths.sfm_summary)
     log.info("SfM: %s", sfm_summary)
 
@@ -167,10 +166,9 @@ def main(argv=None) -> dict:
         write_json(paths.db_stats, st)
     else:
         log.info("spatial database %s is complete; skipping", paths.spatial_db)
-    from mmcrossvit.storage import read_json as _rj
-    st = _rj(paths.db_stats)
+    st = read_json(paths.db_stats)
     log.info("spatial database: %s", {k: v for k, v in st.items() if k != "not_in_model"})
-    result = {"dataset": summary, "features": {k: v for k, v in feat_summary.items()}, "sfm": sfm_summary,
+    result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": {k: v for k, v in feat_summary.items()}, "sfm": sfm_summary,
               "database": st, "seconds": round(time.time() - t0, 1)}
     write_json(paths.out / "preprocessing_summary.json", result)
     print(f"preprocessing done in {result['seconds']} s: {sfm_summary['points']} points, "

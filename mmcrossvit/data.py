@@ -54,3 +54,30 @@ def night_simulation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def cyclegan_path(image_path: Path) -> Path:
     """`<name>_cyclegan.<ext>` beside an image: a user-provided night rendering of it."""
     return image_path.with_name(f"{image_path.stem}_cyclegan{image_path.suffix}")
+
+
+def hflip(img: np.ndarray) -> np.ndarray:
+    """Mirror an (H, W, 3) image left-right."""
+    return np.ascontiguousarray(img[:, ::-1])
+
+
+def hflip_tokens(tokens: torch.Tensor, valid: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror the G x G patch grid of (1 + G*G, D) spatial tokens and its (G*G,) mask left-right,
+    so each token stays with the pixels of its (mirrored) patch; the camera token is kept."""
+    cam, pts = tokens[:1], tokens[1:]
+    pts = pts.reshape(grid, grid, -1).flip(1).reshape(grid * grid, -1)
+    return torch.cat([cam, pts]), valid.reshape(grid, grid).flip(1).reshape(-1)
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Photometric only (brightness, contrast, saturation, each scaled by 1 +- strength), so the
+    pixels stay where the spatial tokens say they are."""
+    if strength <= 0:
+        return img
+    x = img.astype(np.float32)
+    b, c, s = rng.uniform(1 - strength, 1 + strength, 3)
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    gray = x.mean(axis=2, keepdims=True)
+    x = (x - gray) * s + gray
+    return np.clip(x, 0, 255).astype(np.uint8)

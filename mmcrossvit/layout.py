@@ -31,6 +31,17 @@ QUERY_GLOB = "*_queries_with_intrinsics.txt"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff"}
 
 
+def _line_of(path: Path, name: str) -> int | None:
+    """Line (1-based) of a list file whose first field is `name`, to point errors at it."""
+    try:
+        for i, raw in enumerate(Path(path).read_text().splitlines(), start=1):
+            if raw.split()[:1] == [name]:
+                return i
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def condition_of(name: str, list_file: str | Path | None = None) -> str:
     """'day' or 'night' from the query path (/day/, /night/) or its list file (day_time_...)."""
     parts = Path(name).parts
@@ -81,11 +92,13 @@ class Dataset:
     @cached_property
     def queries(self) -> dict[str, Query]:
         out: dict[str, Query] = {}
+        self.query_source: dict[str, Path] = {}  # the list file naming each query
         for f in self.query_files:
             for name, cam in read_intrinsics(f).items():
                 if name in out:
-                    raise DataError(f, f"query {name!r} is listed in more than one query file")
+                    raise DataError(f, f"query {name!r} is listed in more than one query file", _line_of(f, name))
                 out[name] = Query(name, cam, condition_of(name, f))
+                self.query_source[name] = f
         return out
 
     @cached_property
@@ -131,18 +144,22 @@ class Dataset:
         for q in queries:  # the results file keys queries by basename
             b = Path(q).name
             if b in basenames:
-                raise DataError(self.query_files[0].parent, f"queries {basenames[b]!r} and {q!r} share the basename {b!r}")
+                src = self.query_source[q]
+                raise DataError(src, f"queries {basenames[b]!r} and {q!r} share the basename {b!r}", _line_of(src, q))
             basenames[b] = q
         if check_images:
             for n in list(poses) + list(queries):
                 if not self.image_path(n).is_file():
-                    src = self.root / (NVM if (self.root / NVM).exists() else REFERENCE) if n in poses else self.query_files
-                    raise DataError(src if not isinstance(src, list) else src[0], f"image {n!r} is listed but not found at {self.image_path(n)}")
+                    src = self.root / (NVM if (self.root / NVM).exists() else REFERENCE) if n in poses else self.query_source[n]
+                    raise DataError(src, f"image {n!r} is listed but not found at {self.image_path(n)}",
+                                    _line_of(src, n) if src.is_file() else None)
         gt = self.gt_poses
         if gt is not None:
             unknown = set(gt) - set(queries)
             if unknown:
-                raise DataError(self.root / GT_POSES, f"pose for an image that is not a query: {min(unknown)!r}")
+                bad = min(unknown)
+                raise DataError(self.root / GT_POSES, f"pose for an image that is not a query: {bad!r}",
+                                _line_of(self.root / GT_POSES, bad))
         conds: dict[str, int] = {}
         for q in queries.values():
             conds[q.condition] = conds.get(q.condition, 0) + 1

@@ -83,7 +83,7 @@ def import_features(db_path: Path, image_ids: dict[str, int], features: Path) ->
             f = read_features(features, name)
             kp = np.concatenate([f["keypoints"], f["scales"][:, None], np.zeros_like(f["scales"])[:, None]], 1)
             db.write_keypoints(iid, kp.astype(np.float32))
-            db.write_descriptors(iid, pycolmap.FeatureDescriptors(f["descriptors"]) if hasattr(pycolmap, "FeatureDescriptors") else f["descriptors"])
+            db.write_descriptors(iid, pycolmap.FeatureDescriptors(pycolmap.FeatureExtractorType.SIFT, f["descriptors"]))
 
 
 def epipolar_inliers(cam0, pose0: Pose, kp0: np.ndarray, cam1, pose1: Pose, kp1: np.ndarray,
@@ -135,7 +135,8 @@ def match_and_verify(db_path: Path, rec, image_ids: dict[str, int], pairs: list[
                     inl = m[ok]
                 else:
                     inl = m
-                db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(inlier_matches=inl))
+                db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(
+                    inlier_matches=inl, config=pycolmap.TwoViewGeometryConfiguration.CALIBRATED))
                 n_inliers.append(len(inl))
             n_matches.append(len(m))
     return {"pairs": len(pairs), "mean_matches": float(np.mean(n_matches)) if n_matches else 0.0,

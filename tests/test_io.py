@@ -483,6 +483,41 @@ def test_property_mutated_nvm(data):
             assert all(0 <= ci < len(r.cameras) for ci, *_ in o)
 
 
+@st.composite
+def inconsistent_nvm(draw):
+    """NVM text whose counts, field counts and camera indices may disagree with its content."""
+    small = st.integers(-2, 4)
+    n_cam_said, n_cam = draw(small), draw(st.integers(0, 4))
+    out = ["NVM_V3", "", str(n_cam_said)]
+    for i in range(n_cam):
+        fields = [f"db/{i}.jpg", "1000", "1", "0", "0", "0", "1", "2", "3", "0", "0"]
+        out.append(" ".join(fields[:draw(st.integers(8, 11))]))
+    if draw(st.booleans()):
+        n_pts_said, n_pts = draw(small), draw(st.integers(0, 4))
+        out += ["", str(n_pts_said)]
+        for _ in range(n_pts):
+            m_said, m = draw(small), draw(st.integers(0, 3))
+            meas = [f"{draw(st.integers(-1, 5))} 7 1.5 -2.5" for _ in range(m)]
+            out.append(" ".join(["1", "2", "3", "10", "20", "30", str(m_said)] + meas))
+        out += ["", "0"]
+    return "\n".join(out) + "\n"
+
+
+@HYP
+@given(inconsistent_nvm())
+def test_property_inconsistent_nvm(text):
+    r = parse_text(read_nvm, text)
+    lines = text.splitlines()
+    if isinstance(r, DataError):
+        assert r.line is not None and 1 <= r.line <= len(lines)
+    else:
+        # accepted only when the file is consistent: counts match and indices are valid
+        assert len(r.cameras) == int(lines[2])
+        assert len(r.points_xyz) == len(r.observations)
+        for o in r.observations:
+            assert all(0 <= ci < len(r.cameras) for ci, *_ in o)
+
+
 # ---------------------------------------------------------------- geometry
 def test_qvec_rotmat_round_trip_random():
     rots = Rotation.random(200, random_state=7)
@@ -536,6 +571,8 @@ def test_box_iou():
     assert box_iou(a, a) == pytest.approx(1.0)
     assert box_iou(a, a + 10) == 0.0
     assert box_iou(a, np.array([[2.0, 0, 0], [3, 2, 2]])) == 0.0  # touching faces
+    assert box_iou(a, np.array([[3.0, 0, 0], [5, 2, 2]])) == 0.0  # apart along x only
+    assert box_iou(a, np.array([[-1.0, 3, -1], [3, 4, 3]])) == 0.0  # apart along y only
     # intersection [1,2]^3 = 1; volumes 8 and 2*2*3 = 12; union 19
     assert box_iou(a, b) == pytest.approx(1 / 19)
     assert box_iou(b, a) == pytest.approx(1 / 19)
