@@ -655,7 +655,7 @@ def write_summary(out: Path, summary: dict) -> None:
 
 
 def describe(metrics: dict) -> str:
-    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith(('R@', 'night_R@1')))
+    return " ".join(f"{k}={metrics[k]:.3f}" for k in ('R@1', 'R@5', 'R@10', 'night_R@1') if k in metrics)
 
 
 def json_dumps(obj) -> str:
