@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from mmcrossvit.colmap_io import read_poses
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import (KS, format_localization, format_retrieval, localization_table,
-                                   retrieval_metrics, visible_points)
+                                   query_positives, retrieval_metrics)
 from mmcrossvit.layout import GT_POSES, Dataset
 from mmcrossvit.localization import SfMModel
 from mmcrossvit.paths import run_paths
@@ -46,18 +44,6 @@ def load_results(path: Path, ds: Dataset):
     if unknown:
         raise DataError(path, f"{len(unknown)} results are not queries of {ds.root}, e.g. {unknown[0]!r}")
     return {by_base[b]: p for b, p in est.items()}
-
-
-def query_positives(ds: Dataset, model: SfMModel, db_names: list[str], min_shared: int) -> list[set[int]]:
-    out = []
-    for q in sorted(ds.queries):
-        if q not in ds.gt_poses:
-            out.append(set())
-            continue
-        vis = np.unique(model._pids[visible_points(ds.queries[q].camera, ds.gt_poses[q], model.xyz)])
-        out.append({j for j, n in enumerate(db_names)
-                    if n in model.point3d_ids and np.isin(model.point3d_ids[n], vis).sum() >= min_shared})
-    return out
 
 
 def main(argv=None) -> dict:

@@ -70,7 +70,7 @@ def oracle_candidates(ds: Dataset, model: SfMModel, k: int) -> dict[str, list[st
             out[q] = []
             continue
         vis = visible_points(query.camera, ds.gt_poses[q], model.xyz)
-        vis_ids = np.unique(model._pids[vis])
+        vis_ids = np.unique(model.point_ids[vis])
         counts = [(int(np.isin(model.point3d_ids[n], vis_ids).sum()), n) for n in db]
         out[q] = [n for c, n in sorted(counts, key=lambda t: -t[0])[:k] if c > 0]
     return out

@@ -84,3 +84,17 @@ def format_retrieval(rows: dict[str, dict]) -> str:
         lines.append(f"| {name} | {r['anchors']} | " + " | ".join(f"{P[k]:.3f}" for k in ks) + " | "
                      + " | ".join(f"{R[k]:.3f}" for k in ks) + " |")
     return "\n".join(lines)
+
+
+def query_positives(ds, model, db_names: list[str], min_shared: int) -> list[set[int]]:
+    """For each query (sorted by name), the indices into `db_names` of database images that see at
+    least `min_shared` of the 3D points visible from the query's true pose."""
+    out = []
+    for q in sorted(ds.queries):
+        if q not in ds.gt_poses:
+            out.append(set())
+            continue
+        vis = np.unique(model.point_ids[visible_points(ds.queries[q].camera, ds.gt_poses[q], model.xyz)])
+        out.append({j for j, n in enumerate(db_names)
+                    if n in model.point3d_ids and np.isin(model.point3d_ids[n], vis).sum() >= min_shared})
+    return out

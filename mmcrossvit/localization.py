@@ -24,20 +24,19 @@ class SfMModel:
     cameras: dict[str, CameraSpec]
     point3d_ids: dict[str, np.ndarray]      # per database keypoint, -1 if untriangulated
     xyz: np.ndarray                          # (P, 3)
+    point_ids: np.ndarray = field(repr=False, default=None)  # (P,) COLMAP ids of xyz's rows
     _order: np.ndarray = field(repr=False, default=None)
-    _pids: np.ndarray = field(repr=False, default=None)
 
     @classmethod
     def load(cls, folder: Path) -> "SfMModel":
         cams, poses = read_colmap_cameras_poses(folder)
         p2d = read_images_points2d(folder)
         pids, xyz = read_points3d(folder)
-        m = cls(poses, cams, {n: ids for n, (_, ids) in p2d.items()}, xyz)
-        m._pids, m._order = pids, np.argsort(pids)
+        m = cls(poses, cams, {n: ids for n, (_, ids) in p2d.items()}, xyz, pids, np.argsort(pids))
         return m
 
     def point_index(self, ids: np.ndarray) -> np.ndarray:
-        return self._order[np.searchsorted(self._pids, ids, sorter=self._order)]
+        return self._order[np.searchsorted(self.point_ids, ids, sorter=self._order)]
 
 
 @dataclass

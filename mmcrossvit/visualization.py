@@ -1,0 +1,87 @@
+"""Figures for the walkthrough notebook: retrieval lists, matches and inliers, a top-down map."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .features import match_descriptors, read_features
+from .geometry import Pose
+from .images import read_image
+
+
+def plot_retrieval(image_dir: Path, query: str, retrieved: list[str], correct: set[str], k: int = 5):
+    """The query and its top-k database images, green frame if the image is a true positive."""
+    fig, axes = plt.subplots(1, k + 1, figsize=(3 * (k + 1), 2.6))
+    axes[0].imshow(read_image(Path(image_dir) / query))
+    axes[0].set_title(f"query\n{Path(query).name}", fontsize=8)
+    for ax, name in zip(axes[1:], retrieved[:k]):
+        ax.imshow(read_image(Path(image_dir) / name))
+        ok = name in correct
+        for s in ax.spines.values():
+            s.set_edgecolor("limegreen" if ok else "red")
+            s.set_linewidth(4)
+        ax.set_title(f"{'right' if ok else 'wrong'}: {name}", fontsize=8, color="green" if ok else "red")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_matches(image_dir: Path, features: Path, query: str, db_name: str, ratio: float = 0.8,
+                 inlier_points: np.ndarray | None = None):
+    """Query | database image side by side with their SIFT matches; query keypoints that are PnP
+    inliers (if given) drawn as green dots."""
+    qi, di = read_image(Path(image_dir) / query), read_image(Path(image_dir) / db_name)
+    qf, df = read_features(features, query), read_features(features, db_name)
+    m = match_descriptors(qf["descriptors"], df["descriptors"], ratio=ratio)
+    h = max(qi.shape[0], di.shape[0])
+    canvas = np.zeros((h, qi.shape[1] + di.shape[1], 3), dtype=np.uint8)
+    canvas[:qi.shape[0], :qi.shape[1]] = qi
+    canvas[:di.shape[0], qi.shape[1]:] = di
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    ax.imshow(canvas)
+    a, b = qf["keypoints"][m[:, 0]] - 0.5, df["keypoints"][m[:, 1]] - 0.5  # COLMAP -> array coords
+    for (x0, y0), (x1, y1) in zip(a, b):
+        ax.plot([x0, x1 + qi.shape[1]], [y0, y1], lw=0.5, color="yellow", alpha=0.6)
+    if inlier_points is not None and len(inlier_points):
+        ax.scatter(inlier_points[:, 0] - 0.5, inlier_points[:, 1] - 0.5, s=6, c="lime", label="PnP inliers")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"{len(m)} matches: {Path(query).name} <-> {db_name}", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estimates: dict[str, Pose],
+                 points: np.ndarray | None = None, arrow: float = 3.0):
+    """Bird's-eye view (x, y): database cameras, ground-truth and estimated query poses."""
+    fig, ax = plt.subplots(figsize=(8, 8))
+    if points is not None and len(points):
+        sel = points[np.random.default_rng(0).permutation(len(points))[:20000]]
+        ax.scatter(sel[:, 0], sel[:, 1], s=0.3, c="lightgray", label="3D points")
+    C = np.stack([p.center for p in db_poses.values()])
+    ax.scatter(C[:, 0], C[:, 1], s=6, c="tab:blue", label="database cameras")
+
+    def draw(poses, colour, label):
+        first = True
+        for p in poses.values():
+            c, d = p.center, p.viewing_direction
+            ax.arrow(c[0], c[1], arrow * d[0], arrow * d[1], color=colour, width=0.05 * arrow,
+                     length_includes_head=True, label=label if first else None)
+            first = False
+
+    if truth:
+        draw(truth, "tab:green", "query ground truth")
+    draw(estimates, "tab:red", "query estimate")
+    if truth:
+        for q, e in estimates.items():
+            if q in truth:
+                g = truth[q].center
+                ax.plot([g[0], e.center[0]], [g[1], e.center[1]], c="k", lw=0.5)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8)
+    ax.set_title("top-down view (x, y)")
+    return fig
