@@ -173,7 +173,6 @@ def main(argv=None) -> dict:
 
     # ---- training -----------------------------------------------------------------------------
     clock, train_time, images_seen, ran = T.timer(), 0.0, 0, 0
-    epoch = start_epoch
     for epoch in range(start_epoch, args.epochs):
         if args.stop_after is not None and ran >= args.stop_after:
             break
@@ -237,7 +236,7 @@ def main(argv=None) -> dict:
         log(line)
 
     # ---- summary ------------------------------------------------------------------------------
-    done = epoch + 1 if ran else start_epoch
+    done = start_epoch + ran
     if d.main and not (out / 'best.pt').exists() and (out / 'last.pt').exists():
         import shutil  # no validation ran yet (e.g. stopped early): the latest weights stand in
         shutil.copyfile(out / 'last.pt', out / 'best.pt')
