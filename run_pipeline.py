@@ -31,7 +31,7 @@ PRESETS = {
     "tiny": {"preprocess": ["--first-octave", "0", "--num-pairs", "10"],
              "tokens": [], "teacher": ["--preset", "tiny"], "student": ["--preset", "tiny"],
              "pairs": ["--num-retrieved", "10"], "localize": [], "oracle": ["--num-retrieved", "10"]},
-    "demo": {"preprocess": ["--first-octave", "0", "--max-image-size", "1024"],
+    "demo": {"preprocess": ["--first-octave", "0", "--peak-threshold", "0.002", "--max-image-size", "1024"],
              "tokens": [], "teacher": ["--preset", "demo"], "student": ["--preset", "demo"],
              "pairs": ["--num-retrieved", "20"], "localize": [], "oracle": ["--num-retrieved", "20"]},
     "paper": {"preprocess": [], "tokens": [], "teacher": ["--preset", "paper"], "student": ["--preset", "paper"],

@@ -866,9 +866,10 @@ def build_scene(seed: int = 0, preset: str = "tiny", progress: bool = False, **o
         corners[:, k, 0] = np.where(axis == 0, c, av)
         corners[:, k, 1] = np.where(axis == 0, av, c)
         corners[:, k, 2] = zz * height
-    facades = Facades(axis, c, a0, a1, height, sign, street, bld,
-                      np.array([styles[lay.styles[b]].material for b in bld], np.int8), ppm, atlas_xy,
-                      r_tex.uniform(0, 500.0, (F, 2)), corners)
+    # per-pixel lookups gather these, so they are float32 like the pixel arrays
+    facades = Facades(axis, c, a0, a1, height.astype(np.float32), sign, street, bld,
+                      np.array([styles[lay.styles[b]].material for b in bld], np.int8), ppm.astype(np.float32),
+                      atlas_xy.astype(np.float32), r_tex.uniform(0, 500.0, (F, 2)).astype(np.float32), corners)
 
     ground, origin = ground_texture(r_ground, lay, p["ground_ppm"], margin=60.0)
     detail = detail_tiles(r_detail, p["detail_tile"], p["detail_ppm"])
@@ -1028,37 +1029,45 @@ def trace(scene: Scene, camera: CameraSpec, pose: Pose, ss: int = 1):
 
 
 # =============================================================================== texture lookup
-def sample_mips(levels: list[np.ndarray], x: np.ndarray, y: np.ndarray, lod: np.ndarray,
-                border: int = cv2.BORDER_REPLICATE, wrap: bool = False) -> np.ndarray:
-    """Trilinear lookup at level-0 texel coordinates (x, y) (edge-based: texel i spans [i, i+1))."""
-    n = len(x)
-    chans = levels[0].shape[2] if levels[0].ndim == 3 else 1
-    lod = np.clip(lod, 0, len(levels) - 1)
-    l0 = np.floor(lod).astype(np.int32)
-    l1 = np.minimum(l0 + 1, len(levels) - 1)
-    w = (lod - l0).astype(np.float32)[:, None]
-    out0 = np.zeros((n, chans), np.float32)
-    out1 = np.zeros((n, chans), np.float32)
-    for lvl, img in enumerate(levels):
-        scale = 0.5 ** lvl
-        for sel, out in ((l0, out0), (l1, out1)):
+def _remap_list(img: np.ndarray, mx: np.ndarray, my: np.ndarray, border: int) -> np.ndarray:
+    """Bilinear lookups at a list of points; remap wants 2D maps under 32767 px a side, so the
+    list is folded into rows of 4096."""
+    k, cols = len(mx), 4096
+    rows = -(-k // cols)
+    mx = np.resize(mx, rows * cols).reshape(rows, cols)
+    my = np.resize(my, rows * cols).reshape(rows, cols)
+    res = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=border)
+    return res.reshape(rows * cols, -1)[:k]
+
+
+def sample_mips(stacks: list[list[np.ndarray]], x: np.ndarray, y: np.ndarray, lod: np.ndarray,
+                border: int = cv2.BORDER_REPLICATE, wrap: bool = False) -> list[np.ndarray]:
+    """Trilinear lookups in one or more mip stacks of equal sizes at level-0 texel coordinates
+    (x, y) (edge-based: texel i spans [i, i+1)); returns one (N, channels) float32 array per stack."""
+    n_lev = len(stacks[0])
+    lod = np.clip(lod, 0, n_lev - 1).astype(np.float32)
+    l0 = lod.astype(np.int8)
+    w = lod - l0
+    outs = [np.zeros((len(x), lv[0].shape[2] if lv[0].ndim == 3 else 1), np.float32) for lv in stacks]
+    # the finer level for everyone, the coarser one only where the blend weight is non-zero
+    two = np.nonzero(w > 0)[0]
+    for pass_idx, (sel, base) in enumerate(((l0, None), (l0[two] + 1, two))):
+        for lvl in range(n_lev):
             idx = np.nonzero(sel == lvl)[0]
             if len(idx) == 0:
                 continue
-            mx = (x[idx] * scale - 0.5).astype(np.float32)
-            my = (y[idx] * scale - 0.5).astype(np.float32)
+            pix = idx if base is None else base[idx]
+            scale = 0.5 ** lvl
+            mx = x[pix] * scale - 0.5
+            my = y[pix] * scale - 0.5
             if wrap:
-                mx %= img.shape[1]
-                my %= img.shape[0]
-            # remap wants 2D maps below 32767 px per side: fold the list into rows of 4096
-            k = len(idx)
-            cols = 4096
-            rows = -(-k // cols)
-            mx = np.resize(mx, rows * cols).reshape(rows, cols)
-            my = np.resize(my, rows * cols).reshape(rows, cols)
-            res = cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=border)
-            out[idx] = res.reshape(rows * cols, chans)[:k]
-    return out0 * (1 - w) + out1 * w
+                mx %= stacks[0][lvl].shape[1]
+                my %= stacks[0][lvl].shape[0]
+            mx, my = mx.astype(np.float32), my.astype(np.float32)
+            wt = (1.0 - w[pix])[:, None] if pass_idx == 0 else w[pix][:, None]
+            for lv, out in zip(stacks, outs):
+                out[pix] += wt * _remap_list(lv[lvl], mx, my, border)
+    return outs
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
@@ -1125,12 +1134,12 @@ def gbuffer(scene: Scene, camera: CameraSpec, pose: Pose, ss: int = 1) -> GBuffe
         tx = F.atlas_xy[f, 0] + s * ppm
         ty = F.atlas_xy[f, 1] + zt * ppm
         lod = np.log2(np.maximum(foot * ppm, 1e-6))
-        col = sample_mips(scene.atlas, tx, ty, lod)
-        aux = sample_mips(scene.atlas_aux, tx, ty, lod) / 255.0
+        col, aux = sample_mips([scene.atlas, scene.atlas_aux], tx, ty, lod)
+        aux /= 255.0
         dppm = P["detail_ppm"]
         dx = (s + F.detail_off[f, 0]) * dppm
         dy = (zt + F.detail_off[f, 1]) * dppm
-        det = sample_mips(scene.detail, dx, dy, np.log2(np.maximum(foot * dppm, 1e-6)), cv2.BORDER_WRAP, wrap=True)
+        det, = sample_mips([scene.detail], dx, dy, np.log2(np.maximum(foot * dppm, 1e-6)), cv2.BORDER_WRAP, wrap=True)
         mat = F.material[f].astype(np.int64)
         structure = np.take_along_axis(det, mat[:, None], 1)[:, 0]
         wall = aux[:, 1]
@@ -1150,9 +1159,9 @@ def gbuffer(scene: Scene, camera: CameraSpec, pose: Pose, ss: int = 1) -> GBuffe
         cos = np.abs(dflat[2, idx]) / dnorm[idx]
         foot = t / fpx / np.sqrt(np.maximum(cos, 0.05))
         gx, gy = (pt[:, 0] - scene.ground_origin[0]) * gppm, (scene.ground_origin[1] - pt[:, 1]) * gppm
-        g = sample_mips(scene.ground, gx, gy, np.log2(np.maximum(foot * gppm, 1e-6)), cv2.BORDER_REFLECT)
+        g, = sample_mips([scene.ground], gx, gy, np.log2(np.maximum(foot * gppm, 1e-6)), cv2.BORDER_REFLECT)
         dppm = P["detail_ppm"]
-        det = sample_mips(scene.detail, pt[:, 0] * dppm, -pt[:, 1] * dppm, np.log2(np.maximum(foot * dppm, 1e-6)),
+        det, = sample_mips([scene.detail], pt[:, 0] * dppm, -pt[:, 1] * dppm, np.log2(np.maximum(foot * dppm, 1e-6)),
                           cv2.BORDER_WRAP, wrap=True)
         pave = g[:, 3] / 255.0
         rel = (det[:, 0] * (1 - pave) + det[:, 3] * pave) / 128.0 - 1.0
@@ -1267,25 +1276,13 @@ def _lamp_glow(img: np.ndarray, depth: np.ndarray, camera: CameraSpec, pose: Pos
         img[y0:y1, x0:x1] += glow[..., None].astype(np.float32) * (0.5 * col + 0.5)
 
 
-def render(scene: Scene, camera: CameraSpec, pose: Pose, night: bool = False,
-           rng: np.random.Generator | None = None, ss: int | None = None, appearance: bool = True):
-    """Render one view: (BGR uint8 image (H, W, 3), depth (H, W) float32 camera z, inf for sky).
-
-    The depth belongs to the exact ray through each pixel centre (j + 0.5, i + 0.5), so
-    X = R^T (depth * [x_n, y_n, 1] - t) with (x_n, y_n) the undistorted pixel. `rng` drives the
-    photometric randomness (exposure, white balance, sensor noise; none if appearance=False).
-    """
-    rng = np.random.default_rng(0) if rng is None else rng
-    ss = scene.params["supersample"] if ss is None else ss
-    gb = gbuffer(scene, camera, pose, ss)
-    lin = night_shade(gb, scene.lamps, rng) if night else shade_day(gb, scene.sun)
-    del gb
-    size = (camera.width, camera.height)
-    if ss > 1:
-        lin = cv2.resize(lin, size, interpolation=cv2.INTER_AREA)
-    depth = trace(scene, camera, pose, 1)[0]
+def develop(lin: np.ndarray, depth: np.ndarray, camera: CameraSpec, pose: Pose, lamps: Lamps | None,
+            night: bool, rng: np.random.Generator, appearance: bool = True) -> np.ndarray:
+    """Output-resolution linear radiance -> BGR uint8: lamp glare and bloom at night, exposure,
+    white balance, gamma, and sensor blur/noise (strong at night) when `appearance`."""
     if night:
-        _lamp_glow(lin, depth, camera, pose, scene.lamps)
+        if lamps is not None:
+            _lamp_glow(lin, depth, camera, pose, lamps)
         bright = np.clip(lin - 0.6, 0, None)
         lin = lin + 0.5 * cv2.GaussianBlur(bright, (0, 0), 0.01 * camera.width + 1.0)  # bloom
         gain = rng.uniform(2.5, 4.0) if appearance else 3.0
@@ -1300,7 +1297,35 @@ def render(scene: Scene, camera: CameraSpec, pose: Pose, night: bool = False,
         out = out + shot + rng.normal(0, rng.uniform(2.0, 4.0), out.shape).astype(np.float32)
     elif appearance:
         out = out + rng.normal(0, 1.0, out.shape).astype(np.float32)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8), depth
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def render(scene: Scene, camera: CameraSpec, pose: Pose, night: bool = False,
+           rng: np.random.Generator | None = None, ss: int | None = None, appearance: bool = True):
+    """Render one view: (BGR uint8 image (H, W, 3), depth (H, W) float32 camera z, inf for sky).
+
+    The depth belongs to the exact ray through each pixel centre (j + 0.5, i + 0.5), so
+    X = R^T (depth * [x_n, y_n, 1] - t) with (x_n, y_n) the undistorted pixel. `rng` drives the
+    photometric randomness (exposure, white balance, sensor noise; none if appearance=False).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    ss = scene.params["supersample"] if ss is None else ss
+    gb = gbuffer(scene, camera, pose, ss)
+    lin = night_shade(gb, scene.lamps, rng) if night else shade_day(gb, scene.sun)
+    del gb
+    if ss > 1:
+        lin = cv2.resize(lin, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
+    depth = trace(scene, camera, pose, 1)[0]
+    return develop(lin, depth, camera, pose, scene.lamps, night, rng, appearance), depth
+
+
+def to_night(image: np.ndarray, depth: np.ndarray, camera: CameraSpec, pose: Pose, lamps: Lamps,
+             rng: np.random.Generator | None = None, emissive: np.ndarray | None = None) -> np.ndarray:
+    """The night rendering applied to any BGR uint8 day image with a depth map (camera z; inf, 0 or
+    nan for sky) and world-frame `lamps`: a reusable day-to-night transfer with physically placed lights."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    gb = gbuffer_from_image(image, depth, camera, pose, emissive)
+    return develop(night_shade(gb, lamps, rng), gb.depth, camera, pose, lamps, True, rng)
 
 
 # =============================================================================== cameras
@@ -1529,18 +1554,18 @@ def main(argv=None) -> int:
         description="Render a synthetic town (exact geometry; day and night) as a localization dataset in "
                     "Aachen Day-Night's layout: database images with poses (NVM + COLMAP model), day/night "
                     "queries with intrinsics and ground-truth poses, a contact sheet and scene.json. "
-                    "Deterministic from --seed. Every preset parameter can be overridden by its flag.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "Deterministic from --seed. Every preset parameter can be overridden by its flag.")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                    help="size preset: 'tiny' (~50 small images, seconds; for tests) or 'demo' "
-                         "(~400 VGA images, minutes)")
+                    help="size preset: 'tiny' (50 images of 320x240, seconds; for tests) or 'demo' "
+                         "(400 images of 640x480, minutes) (default: tiny)")
     ap.add_argument("--out", type=Path, default=None, help="output dataset folder (default: datasets/<preset>)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    ap.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files (default: 0)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     for key, default in PRESETS["tiny"].items():
+        presets = ", ".join(f"{name}: {values[key]}" for name, values in PRESETS.items())
         ap.add_argument("--" + key.replace("_", "-"), type=type(default), default=None,
-                        help=PARAM_HELP[key] + " (default: from the preset)")
+                        help=f"{PARAM_HELP[key]} ({presets})")
     args = ap.parse_args(argv)
     overrides = {k: getattr(args, k) for k in PRESETS["tiny"] if getattr(args, k) is not None}
     out = args.out or Path("datasets") / args.preset

@@ -164,3 +164,16 @@ def test_model_keypoints_match_features(tiny_run):
     for name, (xy, _) in list(p2d.items())[:5]:
         f = read_features(paths.features, name)
         assert np.allclose(f["keypoints"], xy, atol=1e-3)
+
+
+def test_hloc_path_says_clearly_when_hloc_is_absent(tmp_path):
+    import localize_hloc
+    if localize_hloc.hloc_available():
+        pytest.skip("hloc installed; the message path does not apply")
+    with pytest.raises(SystemExit, match="hloc is not installed"):
+        localize_hloc.main(["--dataset", str(tmp_path)])
+
+
+def test_hloc_localization_runs_when_installed(tiny_run):
+    pytest.importorskip("hloc")
+    pytest.skip("needs hloc's network weights, which need internet; run localize_hloc.py by hand")

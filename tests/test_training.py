@@ -156,7 +156,16 @@ def test_retrieval_recall_and_precision(run):
     assert night["R"][1] == 1.0 and night["anchors"] == 4
 
 
-def test_a_few_steps_reduce_both_losses():
+@pytest.fixture
+def one_thread():
+    # the scripts run with --threads 1 too: on a small, shared CPU more threads only contend
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_a_few_steps_reduce_both_losses(one_thread):
     from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
     from models.crossvit import build_teacher
     torch.manual_seed(0)

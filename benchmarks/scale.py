@@ -1,0 +1,395 @@
+"""Pipeline scale benchmarks: time and peak memory of the parts that grow with the dataset.
+
+* spatial-contrastive database (mmcrossvit.spatial_db.build) at Aachen scale on a synthetic
+  incidence (images along a path, each 3D point observed by a run of consecutive images), versus a
+  direct per-point Python loop over image pairs (as in the authors' code) timed on a subsample of
+  points and extrapolated linearly;
+* retrieval: exact top-k inner-product search (mmcrossvit.retrieval.topk) of the queries against
+  database descriptors, at Aachen's size and at 100k;
+* per-query localization time split into features / matching / PnP, read from a
+  localization_log.jsonl written by localize.py;
+* training throughput (samples/s) of teacher and student: timed optimiser steps on random tensors.
+
+Every timed case runs in its own subprocess, so its peak RSS (resource.getrusage ru_maxrss) is its
+own: the peak is reported above the RSS the process held just before the timed operation (inputs
+already in memory), and in absolute terms.
+
+    python benchmarks/scale.py                       # all cases, writes benchmarks/results/scale.{md,json}
+    python benchmarks/scale.py --cases db retrieval  # some cases
+    python benchmarks/scale.py --log outputs/aachen/localization_log.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from baselines import RESULTS, machine_info, markdown_table
+
+CASES = ("db", "retrieval", "localization", "training")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which benchmarks to run")
+    p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads in every case")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    g = p.add_argument_group("spatial database")
+    g.add_argument("--images", type=int, default=4328, help="database images (Aachen: 4,328)")
+    g.add_argument("--points", type=int, default=1_600_000, help="3D points (Aachen: ~1.6 M)")
+    g.add_argument("--track", type=int, nargs=2, default=[3, 10], metavar=("MIN", "MAX"),
+                   help="track length range: each point is observed by MIN..MAX consecutive images")
+    g.add_argument("--outliers", type=float, default=0.005, help="fraction of points placed far off (box filtering)")
+    g.add_argument("--min-shared", type=int, default=8, help="spatial_db.build min_shared")
+    g.add_argument("--loop-fraction", type=float, default=0.01,
+                   help="fraction of points the Python-loop baseline runs on (extrapolated to all points)")
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--queries", type=int, default=922, help="query descriptors (Aachen v1.1: 922 queries)")
+    g.add_argument("--db-sizes", type=int, nargs="+", default=[4328, 100_000], help="database descriptor counts")
+    g.add_argument("--dim", type=int, default=1000, help="descriptor dimension (float32)")
+    g.add_argument("--k", type=int, default=50, help="neighbours retrieved per query")
+    g.add_argument("--runs", type=int, default=3, help="timed searches; the median is reported")
+    g = p.add_argument_group("localization")
+    g.add_argument("--log", default=None, help="outputs/<name>/localization_log.jsonl to summarise (skipped if absent)")
+    g = p.add_argument_group("training")
+    g.add_argument("--batch", type=int, default=8, help="training batch (images per step; even, for the teacher's pairs)")
+    g.add_argument("--train-sizes", type=int, nargs="+", default=[240, 120], help="image sizes (paper 240, demo 120)")
+    g.add_argument("--steps", type=int, default=3, help="timed optimiser steps; the median is reported")
+    g.add_argument("--warmup-steps", type=int, default=1, help="untimed optimiser steps first")
+    p.add_argument("--out", default=str(RESULTS / "scale"), help="output path stem; .md and .json are written")
+    p.add_argument("--case", default=None,
+                   help="internal: run this single case in this process and print its result (the parent "
+                        "starts one subprocess per case so that each gets its own peak RSS)")
+    p.add_argument("--workdir", default=None, help="internal: temporary folder shared by the case subprocesses")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory helpers (Linux: ru_maxrss in KiB)
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2 ** 20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_before() -> dict:
+    gc.collect()
+    return {"rss_before_mb": rss_mb(), "peak_before_mb": peak_rss_mb()}
+
+
+def memory_after(before: dict) -> dict:
+    peak = peak_rss_mb()
+    return {**before, "peak_mb": peak, "peak_above_start_mb": peak - before["rss_before_mb"],
+            # False: the operation never exceeded the process's earlier peak, so peak_above_start is an upper bound
+            "new_peak": peak > before["peak_before_mb"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# cases (each runs in its own subprocess)
+
+def case_db_data(args, work: Path) -> dict:
+    """Synthetic Aachen-scale observations: a camera path; each point seen by a run of consecutive images."""
+    rng = np.random.default_rng(args.seed)
+    N, P = args.images, args.points
+    t0 = time.perf_counter()
+    heading = np.cumsum(rng.normal(0, 0.05, N))                       # a smoothly turning walk, 1.5 m steps
+    cam = np.cumsum(1.5 * np.stack([np.cos(heading), np.sin(heading)], 1), 0)
+    L = rng.integers(args.track[0], args.track[1] + 1, P)
+    start = rng.integers(0, N - L + 1)
+    ends = np.cumsum(L)
+    offset = np.arange(ends[-1]) - np.repeat(ends - L, L)               # 0..L-1 within each run
+    image_idx = np.repeat(start, L) + offset
+    point_idx = np.repeat(np.arange(P), L)
+    mid = start + L // 2                                                # seen from the middle of its run
+    ang = heading[mid] + rng.uniform(-0.6, 0.6, P)
+    depth = rng.uniform(2, 40, P)
+    xyz = np.column_stack([cam[mid, 0] + depth * np.cos(ang), cam[mid, 1] + depth * np.sin(ang),
+                           rng.uniform(-1, 15, P)])
+    far = rng.random(P) < args.outliers
+    xyz[far] += rng.normal(0, 200, (far.sum(), 3))
+    np.save(work / "image_idx.npy", image_idx, allow_pickle=False)
+    np.save(work / "point_idx.npy", point_idx, allow_pickle=False)
+    np.save(work / "xyz.npy", xyz, allow_pickle=False)
+    return {"images": N, "points": P, "observations": int(len(image_idx)), "track_length_mean": float(L.mean()),
+            "outlier_points": int(far.sum()), "seconds": time.perf_counter() - t0}
+
+
+def load_db_data(work: Path):
+    return (np.load(work / "image_idx.npy", allow_pickle=False), np.load(work / "point_idx.npy", allow_pickle=False),
+            np.load(work / "xyz.npy", allow_pickle=False))
+
+
+def case_db_build(args, work: Path) -> dict:
+    from mmcrossvit import spatial_db
+    image_idx, point_idx, xyz = load_db_data(work)
+    names = [f"db/{i:05d}.jpg" for i in range(args.images)]
+    mem = memory_before()
+    t0 = time.perf_counter()
+    db = spatial_db.build(names, image_idx, point_idx, xyz, min_shared=args.min_shared)
+    seconds = time.perf_counter() - t0
+    mem = memory_after(mem)
+    stats = spatial_db.stats(db)
+    del db
+    gc.collect()
+    # the shared-count part alone (what the Python loop computes): incidence + A @ A.T
+    t0 = time.perf_counter()
+    S = spatial_db.shared_counts(spatial_db.incidence(image_idx, point_idx, args.images, len(xyz)))
+    shared_seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "shared_counts_seconds": shared_seconds, "memory": mem,
+            "input_mb": (image_idx.nbytes + point_idx.nbytes + xyz.nbytes) / 2 ** 20,
+            "image_pairs_sharing_points": int(S.nnz), "stats": stats}
+
+
+def case_db_loop(args, work: Path) -> dict:
+    """The direct approach: for each point, for each pair of its observing images, count in a dict."""
+    image_idx, point_idx, _ = load_db_data(work)
+    P = int(point_idx.max()) + 1
+    rng = np.random.default_rng(args.seed + 1)
+    n = max(1, int(round(args.loop_fraction * P)))
+    sample = np.sort(rng.choice(P, n, replace=False))
+    sel = np.isin(point_idx, sample)
+    ii, pp = image_idx[sel], point_idx[sel]
+    order = np.argsort(pp, kind="stable")
+    tracks = [t.tolist() for t in np.split(ii[order], np.flatnonzero(np.diff(pp[order])) + 1)]
+    del image_idx, point_idx, sel, ii, pp, order
+    mem = memory_before()
+    t0 = time.perf_counter()
+    counts = {}
+    for track in tracks:
+        for a, b in itertools.combinations(track, 2):
+            key = (a, b) if a < b else (b, a)
+            counts[key] = counts.get(key, 0) + 1
+    seconds = time.perf_counter() - t0
+    return {"points_sampled": n, "points_total": P, "pair_increments": int(sum(len(t) * (len(t) - 1) // 2 for t in tracks)),
+            "seconds_sample": seconds, "seconds_extrapolated": seconds * P / n, "dict_entries_sample": len(counts),
+            "memory_sample": memory_after(mem)}
+
+
+def case_retrieval(args, n_db: int) -> dict:
+    import torch
+    from mmcrossvit.retrieval import topk
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(args.seed)
+    q = torch.nn.functional.normalize(torch.randn(args.queries, args.dim, generator=g), dim=1)
+    db = torch.nn.functional.normalize(torch.randn(n_db, args.dim, generator=g), dim=1)
+    mem = memory_before()
+    times = []
+    for _ in range(args.runs + 1):                                      # the first one is a warm-up
+        t0 = time.perf_counter()
+        idx, _ = topk(q, db, args.k)
+        times.append(time.perf_counter() - t0)
+    mem = memory_after(mem)
+    t = statistics.median(times[1:])
+    return {"queries": args.queries, "db": n_db, "dim": args.dim, "k": idx.shape[1], "seconds_median": t,
+            "seconds": times[1:], "ms_per_query": 1000 * t / args.queries,
+            "bytes_per_descriptor": db.element_size() * db.shape[1], "db_mb": db.element_size() * db.nelement() / 2 ** 20,
+            "memory": mem}
+
+
+def case_training(args, arch: str, size: int) -> dict:
+    import torch
+    from models.crossvit import build_student, build_teacher
+    from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    B = args.batch
+    x = torch.randn(B, 3, size, size)
+    if arch == "teacher":
+        model = build_teacher(size, grid=14)
+        tokens = torch.randn(B, 1 + 14 * 14, model.token_embed.token_dim)
+        valid = torch.rand(B, 14 * 14) > 0.2
+        y = torch.rand(B // 2)
+
+        def loss_fn():
+            emb = model(x, tokens, valid)
+            return contrastive_loss(emb[:B // 2], emb[B // 2:], y)
+    else:
+        model = build_student(size)
+        target = torch.nn.functional.normalize(torch.randn(B, 1000), dim=1)
+
+        def loss_fn():
+            return relaxed_contrastive_loss(model(x), target)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mem = memory_before()
+    times = []
+    for _ in range(args.warmup_steps + args.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    mem = memory_after(mem)
+    t = statistics.median(times[args.warmup_steps:])
+    return {"arch": arch, "img_size": size, "batch": B, "seconds_per_step_median": t,
+            "seconds_per_step": times[args.warmup_steps:], "samples_per_s": B / t,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "memory": mem}
+
+
+def run_case(args) -> dict:
+    work = Path(args.workdir) if args.workdir else None
+    kind, *rest = args.case.split(":")
+    if kind == "db-data":
+        return case_db_data(args, work)
+    if kind == "db-build":
+        return case_db_build(args, work)
+    if kind == "db-loop":
+        return case_db_loop(args, work)
+    if kind == "retrieval":
+        return case_retrieval(args, int(rest[0]))
+    if kind == "training":
+        return case_training(args, rest[0], int(rest[1]))
+    raise ValueError(f"unknown case {args.case!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: one subprocess per case
+
+def spawn(argv: list[str], case: str, work: str, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", case, "--workdir", work]
+    print(f"[{case}] ...", flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"case {case} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"case {case} printed no result:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def summarise_log(path: Path) -> dict:
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = [r for r in rows if isinstance(r.get("seconds"), dict)]
+    out = {"log": str(path), "queries": len(rows), "succeeded": sum(bool(r.get("success")) for r in rows)}
+    if not rows:
+        return out
+    for key in ("features", "matching", "pnp", "total"):
+        v = np.array([sum(r["seconds"].values()) if key == "total" else r["seconds"].get(key, 0.0) for r in rows])
+        out[key] = {"median_s": float(np.median(v)), "mean_s": float(v.mean()), "max_s": float(v.max()),
+                    "sum_s": float(v.sum())}
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args)), flush=True)
+        return {}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    result = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "case", "workdir")},
+              "machine": machine_info()}
+    md = ["# Pipeline scale benchmarks", "",
+          f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} logical CPUs), {args.threads} "
+          f"threads; load average at start {result['machine'].get('load_average_1m_5m_15m')}. Each case runs in its "
+          f"own subprocess; 'peak above start' is its peak RSS (ru_maxrss) minus the RSS it held just before the "
+          f"timed operation (inputs already loaded).", ""]
+
+    with tempfile.TemporaryDirectory(prefix="mmcrossvit-scale-") as work:
+        if "db" in args.cases:
+            data = spawn(argv, "db-data", work, args.threads)
+            build = spawn(argv, "db-build", work, args.threads)
+            loop = spawn(argv, "db-loop", work, args.threads)
+            speedup_full = loop["seconds_extrapolated"] / build["seconds"]
+            speedup_shared = loop["seconds_extrapolated"] / build["shared_counts_seconds"]
+            result["spatial_db"] = {"data": data, "vectorised": build, "python_loop": loop,
+                                    "speedup_vs_full_build": speedup_full, "speedup_vs_shared_counts": speedup_shared}
+            m = build["memory"]
+            md += ["## Spatial-contrastive database", "",
+                   f"Synthetic incidence: {data['images']:,} images along a path, {data['points']:,} points, "
+                   f"{data['observations']:,} observations (track length {args.track[0]}-{args.track[1]}, mean "
+                   f"{data['track_length_mean']:.2f}; {data['outlier_points']:,} outlier points); "
+                   f"{build['image_pairs_sharing_points']:,} image pairs share points, "
+                   f"{build['stats']['positives_per_anchor']['mean']:.1f} positives per anchor on average "
+                   f"(min_shared {args.min_shared}).", "",
+                   markdown_table(["method", "time (s)", "peak memory", "note"], [
+                       ["spatial_db.build (vectorised, full)", f"{build['seconds']:.2f}",
+                        f"{m['peak_above_start_mb']:.0f} MB above start ({m['peak_mb']:.0f} MB RSS)"
+                        + ("" if m["new_peak"] else ", upper bound"),
+                        f"incidence, A@A.T, robust boxes, IoU of positives; inputs {build['input_mb']:.0f} MB"],
+                       ["incidence + A@A.T only", f"{build['shared_counts_seconds']:.2f}", "",
+                        "the part the Python loop computes"],
+                       [f"Python per-point pair loop, {loop['points_sampled']:,} points ({100 * args.loop_fraction:g}%)",
+                        f"{loop['seconds_sample']:.2f}",
+                        f"{loop['memory_sample']['peak_above_start_mb']:.0f} MB above start (sample)",
+                        f"{loop['pair_increments']:,} dict increments"],
+                       [f"Python loop extrapolated to {loop['points_total']:,} points", f"{loop['seconds_extrapolated']:.1f}",
+                        "", "linear in points (random sample)"]]), "",
+                   f"Speed-up of the vectorised build: **{speedup_shared:.0f}x** on shared counts alone, "
+                   f"**{speedup_full:.0f}x** counting the whole build (boxes and IoU included, which the loop "
+                   f"does not compute).", ""]
+
+        if "retrieval" in args.cases:
+            rows, res = [], []
+            for n in args.db_sizes:
+                r = spawn(argv, f"retrieval:{n}", work, args.threads)
+                res.append(r)
+                rows.append([f"{r['queries']:,} x {r['db']:,}", r["dim"], r["k"], f"{r['seconds_median']:.3f}",
+                             f"{r['ms_per_query']:.3f}", r["bytes_per_descriptor"], f"{r['db_mb']:.1f}",
+                             f"{r['memory']['peak_above_start_mb']:.0f}" + ("" if r["memory"]["new_peak"] else " (upper bound)")])
+            result["retrieval"] = res
+            md += ["## Retrieval (exact inner-product top-k, mmcrossvit.retrieval.topk, float32)", "",
+                   markdown_table(["queries x database", "dim", "k", "time (s, median)", "ms / query",
+                                   "bytes / descriptor", "database (MB)", "search peak above start (MB)"], rows), ""]
+
+        if "localization" in args.cases:
+            path = Path(args.log) if args.log else None
+            if path is None or not path.is_file():
+                msg = ("no --log given" if path is None else f"{path} not found") + "; localization timing skipped"
+                print(msg)
+                result["localization"] = {"skipped": msg}
+                md += ["## Localization", "", msg + ".", ""]
+            else:
+                loc = summarise_log(path)
+                result["localization"] = loc
+                rows = [[k, f"{loc[k]['median_s'] * 1000:.1f}", f"{loc[k]['mean_s'] * 1000:.1f}",
+                         f"{loc[k]['max_s'] * 1000:.1f}"] for k in ("features", "matching", "pnp", "total") if k in loc]
+                md += ["## Localization (per query, from localize.py's log)", "",
+                       f"`{path}`: {loc['queries']} queries, {loc['succeeded']} localized. Times as logged by "
+                       f"localize.py on the machine that ran it.", "",
+                       markdown_table(["stage", "median (ms)", "mean (ms)", "max (ms)"], rows), ""]
+
+        if "training" in args.cases:
+            rows, res = [], []
+            for size in args.train_sizes:
+                for arch in ("teacher", "student"):
+                    r = spawn(argv, f"training:{arch}:{size}", work, args.threads)
+                    res.append(r)
+                    rows.append([arch, size, r["batch"], f"{r['params_m']:.2f}", f"{r['seconds_per_step_median']:.3f}",
+                                 f"{r['samples_per_s']:.2f}", f"{r['memory']['peak_above_start_mb']:.0f}"])
+            result["training"] = res
+            md += ["## Training throughput (random tensors, AdamW, forward + backward + step)", "",
+                   f"Teacher: build_teacher(img, grid=14) with random spatial tokens, contrastive loss over "
+                   f"{args.batch // 2} pairs; student: build_student(img), relaxed contrastive loss against random "
+                   f"targets. Warm-up {args.warmup_steps} step(s), median of {args.steps}.", "",
+                   markdown_table(["model", "img", "batch", "params (M)", "s / step (median)", "samples/s",
+                                   "peak above start (MB)"], rows), ""]
+
+    text = "\n".join(md)
+    print(text)
+    from mmcrossvit.storage import write_json, write_text
+    write_text(args.out + ".md", text)
+    write_json(args.out + ".json", result)
+    print(f"wrote {args.out}.md and {args.out}.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()
