@@ -25,6 +25,7 @@ Writes <out>/last.pt and best.pt (format in mmcrossvit/training.py), <out>/tb/ a
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -238,7 +239,7 @@ def main(argv=None) -> dict:
     # ---- summary ------------------------------------------------------------------------------
     done = start_epoch + ran
     if d.main and not (out / 'best.pt').exists() and (out / 'last.pt').exists():
-        import shutil  # no validation ran yet (e.g. stopped early): the latest weights stand in
+        # no validation ran yet (e.g. stopped early): the latest weights stand in
         shutil.copyfile(out / 'last.pt', out / 'best.pt')
     summary = {'kind': 'student', 'finished': done >= args.epochs, 'epochs_done': done, 'epochs': args.epochs,
                'steps': step, 'config': raw.config, 'preset': args.preset, 'processes': d.world,

@@ -29,6 +29,7 @@ mmcrossvit/training.py), <out>/tb/ (TensorBoard) and <out>/summary.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 
 import numpy as np
@@ -251,7 +252,7 @@ def main(argv=None) -> dict:
     # ---- summary ----------------------------------------------------------------------------
     done = start_epoch + ran
     if d.main and not (out / 'best.pt').exists() and (out / 'last.pt').exists():
-        import shutil  # no validation ran yet (e.g. stopped early): the latest weights stand in
+        # no validation ran yet (e.g. stopped early): the latest weights stand in
         shutil.copyfile(out / 'last.pt', out / 'best.pt')
     summary = {'kind': kind, 'finished': done >= args.epochs, 'epochs_done': done, 'epochs': args.epochs,
                'steps': step, 'config': raw.config, 'preset': args.preset, 'processes': d.world,

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
@@ -439,7 +438,8 @@ def global_batches(n_rows: int, batch: int, world: int) -> list[np.ndarray]:
     """Consecutive global batches of `batch` rows; a remainder smaller than a batch is dropped
     (the plan is reshuffled every epoch), except when the whole epoch is smaller than a batch."""
     if batch % world:
-        raise ValueError(f"--batch-size {batch} must be a multiple of the number of processes {world}")
+        raise ValueError(f"a global batch of {batch} rows cannot be split evenly over {world} processes; "
+                         f"change --batch-size")
     if n_rows < batch:
         n = n_rows - n_rows % world
         return [np.arange(n)] if n else []
@@ -656,10 +656,6 @@ def write_summary(out: Path, summary: dict) -> None:
 
 def describe(metrics: dict) -> str:
     return " ".join(f"{k}={metrics[k]:.3f}" for k in ('R@1', 'R@5', 'R@10', 'night_R@1') if k in metrics)
-
-
-def json_dumps(obj) -> str:
-    return json.dumps(plain(obj))
 
 
 def timer() -> Callable[[], float]:

@@ -173,7 +173,3 @@ def test_hloc_path_says_clearly_when_hloc_is_absent(tmp_path):
     with pytest.raises(SystemExit, match="hloc is not installed"):
         localize_hloc.main(["--dataset", str(tmp_path)])
 
-
-def test_hloc_localization_runs_when_installed(tiny_run):
-    pytest.importorskip("hloc")
-    pytest.skip("needs hloc's network weights, which need internet; run localize_hloc.py by hand")
