@@ -53,6 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--ratio", type=float, default=0.8, help="Lowe's ratio test threshold")
     p.add_argument("--ransac-max-error", type=float, default=12.0, help="RANSAC inlier threshold in pixels")
     p.add_argument("--min-inliers", type=int, default=12, help="fewer PnP inliers count as a failure")
+    p.add_argument("--seed", type=int, default=0, help="RANSAC seed (reset for every query)")
     p.add_argument("--tag", default="", help="write results under outputs/<name>/<tag>/ (e.g. for the oracle)")
     p.add_argument("--overwrite", action="store_true", help="ignore the log of an earlier run")
     return p.parse_args(argv)
@@ -134,7 +135,7 @@ def main(argv=None) -> dict:
             logf.writelines(json.dumps(r) + "\n" for r in done.values())
         for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
             r = localize_query(q, queries[q].camera, cands[q], model, paths.features, args.ratio,
-                               args.ransac_max_error, args.covisibility, args.min_inliers)
+                               args.ransac_max_error, args.covisibility, args.min_inliers, args.seed)
             row = {**r.log_row(), "condition": queries[q].condition,
                    "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
             logf.write(json.dumps(row) + "\n")

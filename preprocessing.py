@@ -60,8 +60,9 @@ def parse_args(argv=None):
     g.add_argument("--min-shared", type=int, default=8, help="3D points an image must share with the anchor to be a positive")
     g.add_argument("--z-thresh", type=float, default=3.0, help="z-score outlier threshold for the 3D boxes")
     g.add_argument("--folds", type=int, default=5, help="k-fold split of anchors for validation")
-    g.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    g.add_argument("--seed", type=int, default=0, help="seed of the fold split and of COLMAP's RANSAC")
     p.add_argument("--overwrite", action="store_true", help="recompute every step even if its outputs exist")
+    p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
     p.add_argument("--skip-validation", action="store_true", help="do not check that every listed image exists")
     return p.parse_args(argv)
 
@@ -70,6 +71,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.time()
+    import pycolmap
+    pycolmap.set_random_seed(args.seed)  # COLMAP's RANSAC in triangulation and verification
+    sfm.colmap_logging(args.verbose)
     ds = Dataset(args.dataset)
     paths = run_paths(args.name or ds.name, args.outputs, args.database_root)
     paths.out.mkdir(parents=True, exist_ok=True)
@@ -114,6 +118,9 @@ def main(argv=None) -> dict:
         else:
             cams, poses = ds.reference
             poses = {n: p for n, p in poses.items() if n not in skipped_db}
+            if len(poses) < 2:
+                raise DataError(ds.root, f"{len(poses)} usable database image(s): triangulation needs at "
+                                         "least two, so the SfM model would have no 3D points")
             pairs = (sfm.pairs_from_poses(poses, args.num_pairs, args.max_pair_angle) if args.pairs == "poses"
                      else sfm.pairs_exhaustive(list(poses)))
             write_pairs(paths.pairs_db, pairs)

@@ -355,12 +355,18 @@ def read_model_observations(folder: str | Path
 
 def read_points3d(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Point ids (P,) and xyz (P, 3) of a COLMAP text model."""
+    path = Path(folder) / "points3D.txt"
+    if not path.exists():
+        raise DataError(path, "missing: expected a COLMAP text model")
     pids, xyz = [], []
-    with open(Path(folder) / "points3D.txt") as f:
-        for ln in f:
+    with open(path) as f:
+        for lineno, ln in enumerate(f, start=1):
             if ln.startswith("#") or not ln.strip():
                 continue
             t = ln.split(maxsplit=4)
-            pids.append(int(t[0]))
-            xyz.append((float(t[1]), float(t[2]), float(t[3])))
+            try:
+                pids.append(int(t[0]))
+                xyz.append((float(t[1]), float(t[2]), float(t[3])))
+            except (ValueError, IndexError):
+                raise DataError(path, "expected 'POINT3D_ID X Y Z R G B ERROR TRACK[]'", lineno) from None
     return np.asarray(pids, dtype=np.int64), np.asarray(xyz, dtype=np.float64).reshape(-1, 3)

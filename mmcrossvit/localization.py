@@ -120,8 +120,13 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
 
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
-                   min_inliers: int = 12) -> QueryResult:
-    """Localize one query; on failure its pose is the top retrieved image's (as hloc does)."""
+                   min_inliers: int = 12, seed: int = 0) -> QueryResult:
+    """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
+
+    COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
+    ran before it (an interrupted run resumes to identical results)."""
+    import pycolmap
+    pycolmap.set_random_seed(seed)
     t0 = time.time()
     try:
         qf = read_features(features, name)

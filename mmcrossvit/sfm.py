@@ -23,6 +23,12 @@ from .geometry import Pose
 log = logging.getLogger(__name__)
 
 
+def colmap_logging(verbose: bool) -> None:
+    """COLMAP logs every triangulated image at INFO; keep warnings only unless asked."""
+    import pycolmap
+    pycolmap.logging.minloglevel = 0 if verbose else 1
+
+
 def reference_reconstruction(cameras: dict[str, CameraSpec], poses: dict[str, Pose]):
     """A pycolmap.Reconstruction (no points) with one camera per image, ids 1..N in name order."""
     import pycolmap
