@@ -45,14 +45,15 @@ from mmcrossvit.spatial_db import SpatialDB
 from mmcrossvit.storage import is_complete, read_json
 from models.crossvit import build_student, build_teacher
 
-# paper: the authors' settings. demo: about 4 minutes on 2 CPU cores for ~300 database images
-# (with 7 x 7 token grids; see the README). tiny: seconds, for tests.
+# paper: the authors' settings. demo: ~3 minutes on 2 idle CPU cores for 300 database images with
+# 7 x 7 token grids (generate_RoPE_embeddings.py --grid 7, the paper's 14 x 14 at half the image
+# size; 14 x 14 tokens make each step ~3x slower). tiny: seconds, for tests.
 PRESETS = {
     'paper': dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer='sgd', lr=1e-4,
                   momentum=0.9, weight_decay=0.0, schedule='constant', warmup_epochs=0.0, min_lr_ratio=0.0,
                   grad_clip=0.0, night_prob=0.5, hflip=0.0, jitter=0.0, val_every=10, margin=0.5,
                   negatives='hard', refresh_every=10, hard_temp=0.1),
-    'demo': dict(img_size=120, embed_dim=1000, epochs=12, batch_size=16, optimizer='adamw', lr=3e-4,
+    'demo': dict(img_size=120, embed_dim=1000, epochs=15, batch_size=16, optimizer='adamw', lr=3e-4,
                  momentum=0.9, weight_decay=0.05, schedule='cosine', warmup_epochs=1.0, min_lr_ratio=0.01,
                  grad_clip=1.0, night_prob=0.5, hflip=0.5, jitter=0.2, val_every=3, margin=0.5,
                  negatives='hard', refresh_every=3, hard_temp=0.1),
