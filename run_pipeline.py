@@ -32,7 +32,7 @@ PRESETS = {
              "tokens": [], "teacher": ["--preset", "tiny"], "student": ["--preset", "tiny"],
              "pairs": ["--num-retrieved", "10"], "localize": [], "oracle": ["--num-retrieved", "10"]},
     "demo": {"preprocess": ["--first-octave", "0", "--peak-threshold", "0.002", "--max-image-size", "1024"],
-             "tokens": [], "teacher": ["--preset", "demo"], "student": ["--preset", "demo"],
+             "tokens": ["--grid", "7"], "teacher": ["--preset", "demo"], "student": ["--preset", "demo"],
              "pairs": ["--num-retrieved", "20"], "localize": [], "oracle": ["--num-retrieved", "20"]},
     "paper": {"preprocess": [], "tokens": [], "teacher": ["--preset", "paper"], "student": ["--preset", "paper"],
               "pairs": ["--num-retrieved", "100"], "localize": [], "oracle": ["--num-retrieved", "100"]},
