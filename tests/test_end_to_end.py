@@ -86,3 +86,14 @@ def test_results_match_estimates_in_log(chain):
     for r in rows:
         dt, dr = pose_error(res[Path(r["query"]).name], Pose.from_qt(r["qvec"], r["tvec"]))
         assert dt < 1e-6 and dr < 1e-3
+
+
+def test_same_seed_gives_identical_pairs_and_results(chain, tmp_path):
+    """A second, independent run of the whole chain (same seed, CPU) reproduces the files byte for byte."""
+    import run_pipeline
+    data, out, _, _ = chain
+    out2, db2 = tmp_path / "outputs", tmp_path / "DataBase"
+    run_pipeline.main(["--dataset", str(data), "--preset", "tiny", "--outputs", str(out2),
+                       "--database-root", str(db2), "--from-step", "preprocess"])
+    for f in ("pairs-query.txt", "Pose_Estimation_Results.txt"):
+        assert (out2 / "tiny" / f).read_bytes() == (out / f).read_bytes(), f
