@@ -58,14 +58,15 @@ def main(argv=None) -> dict:
     desc = compute_descriptors(model, image_paths, size, paths.descriptors, file_fingerprint(ckpt),
                                args.batch_size, args.device)
     D, Q = stack(desc, db_names), stack(desc, q_names)
-    q_idx, q_score = topk(Q, D, args.num_retrieved)
+    # rank deeper than K for the retrieval tables (P@K / Recall@K up to 200); pairs keep the top K
+    q_idx, q_score = topk(Q, D, max(args.num_retrieved, args.num_db_neighbours))
     d_idx, d_score = topk(D, D, args.num_db_neighbours, exclude_self=True)
-    write_pairs(paths.pairs_query, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row])
+    write_pairs(paths.pairs_query, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row[:args.num_retrieved]])
     write_pairs(paths.out / "pairs-db-retrieval.txt", [(a, db_names[j]) for a, row in zip(db_names, d_idx) for j in row[:20]])
     write_npz(paths.out / "retrieval.npz", db_names=np.array(db_names), query_names=np.array(q_names),
               query_ranked=q_idx, query_scores=q_score, db_ranked=d_idx, db_scores=d_score)
-    print(f"{len(q_names)} queries x top-{q_idx.shape[1]} of {len(db_names)} database images -> {paths.pairs_query}")
-    return {"queries": len(q_names), "k": int(q_idx.shape[1])}
+    print(f"{len(q_names)} queries x top-{min(args.num_retrieved, q_idx.shape[1])} of {len(db_names)} database images -> {paths.pairs_query}")
+    return {"queries": len(q_names), "k": min(args.num_retrieved, int(q_idx.shape[1]))}
 
 
 if __name__ == "__main__":

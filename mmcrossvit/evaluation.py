@@ -81,8 +81,9 @@ def format_retrieval(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         P = {int(k): v for k, v in r["P"].items()}
         R = {int(k): v for k, v in r["R"].items()}
-        lines.append(f"| {name} | {r['anchors']} | " + " | ".join(f"{P[k]:.3f}" for k in ks) + " | "
-                     + " | ".join(f"{R[k]:.3f}" for k in ks) + " |")
+        cell = lambda d, k: f"{d[k]:.3f}" if k in d else "-"  # noqa: E731 (K beyond the ranked list)
+        lines.append(f"| {name} | {r['anchors']} | " + " | ".join(cell(P, k) for k in ks) + " | "
+                     + " | ".join(cell(R, k) for k in ks) + " |")
     return "\n".join(lines)
 
 
