@@ -1,0 +1,71 @@
+"""How much of the trained teacher's retrieval comes from its 3D spatial tokens?
+
+    python benchmarks/token_reliance.py --dataset datasets/demo
+
+Embeds the database with the trained teacher (outputs/<name>/teacher/best.pt) three ways and reports
+held-out-fold Recall@K (as in training's validation): real tokens; tokens zeroed and every patch
+marked as having no 3D point (the image branch alone carries the descriptor); real patch tokens
+with the camera token zeroed (does the camera pose give the place away?).
+Writes benchmarks/results/token_reliance.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mmcrossvit import training as T  # noqa: E402
+from mmcrossvit.paths import run_paths  # noqa: E402
+from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
+from mmcrossvit.storage import write_json, write_text  # noqa: E402
+from models.crossvit import load_model  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", type=Path, required=True, help="dataset the run was trained on")
+    p.add_argument("--name", help="run name (default: dataset folder name)")
+    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
+    p.add_argument("--database-root", type=Path, default=Path("DataBase"), help="root of the spatial databases")
+    p.add_argument("--val-fold", type=int, default=0, help="held-out fold (as in training)")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results", help="where the table goes")
+    args = p.parse_args(argv)
+    name = args.name or args.dataset.resolve().name
+    paths = run_paths(name, args.outputs, args.database_root)
+    torch.manual_seed(0)
+    model = load_model(paths.teacher / "best.pt")
+    db = SpatialDB.load(paths.spatial_db)
+    tokens, valid, _ = T.load_spatial_tokens(paths.tokens, db.names)
+    cache = T.ImageCache.build(args.dataset, db.names, model.config["img_size"], paths.out / "cache", T.setup("cpu"))
+    _, val = T.split_folds(db, args.val_fold)
+    variants = {
+        "real tokens": (tokens, valid),
+        "all tokens zeroed (image branch only)": (torch.zeros_like(tokens), torch.zeros_like(valid)),
+        "camera token zeroed": (torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, 1:]], 1), valid),
+    }
+    out = {}
+    with torch.no_grad():
+        for label, (tk, vd) in variants.items():
+            emb = torch.cat([model(cache.batch(range(s, min(s + 32, len(db.names)))),
+                                   tk[s:s + 32].float(), vd[s:s + 32]) for s in range(0, len(db.names), 32)])
+            m = T.retrieval(emb, val, db)
+            out[label] = {f"R@{k}": v for k, v in m["R"].items()}
+    keys = list(next(iter(out.values())))
+    md = [f"Teacher `{paths.teacher / 'best.pt'}`, held-out fold {args.val_fold} of `{name}`:\n",
+          "| teacher input | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    md += [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in keys) + " |" for k, v in out.items()]
+    text = "\n".join(md) + "\n"
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_text(args.results / "token_reliance.md", text)
+    write_json(args.results / "token_reliance.json", out)
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
