@@ -64,12 +64,13 @@ def test_notebook_executes_and_shows_the_json_tables(chain):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    shown = "\n".join(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []) if "data" in o and "text/markdown" in o["data"])
+    shown = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
+             for o in c.get("outputs", []) if "data" in o and "text/markdown" in o["data"]]
     ev = json.loads((out / "evaluation.json").read_text())
     for label, table in ev["localization"].items():
+        block = next(b for b in shown if b.splitlines()[0].startswith(f"| {label} |"))
         for cond, row in table.items():
-            line = next(ln for ln in shown.splitlines() if ln.startswith(f"| {cond} |") and label in shown)
+            line = next(ln for ln in block.splitlines() if ln.startswith(f"| {cond} |"))
             assert [float(v) for v in re.findall(r"([\d.]+)%", line)] == pytest.approx(
                 [round(v, 1) for v in row["recall"]], abs=0.051)
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
