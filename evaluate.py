@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from mmcrossvit.colmap_io import read_poses
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.evaluation import (KS, format_localization, format_retrieval, localization_table,
                                    query_positives, retrieval_metrics)
 from mmcrossvit.layout import GT_POSES, Dataset
@@ -91,7 +91,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

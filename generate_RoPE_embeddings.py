@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mmcrossvit import spatial_tokens as st
 from mmcrossvit.colmap_io import read_colmap_cameras_poses, read_model_observations
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.paths import run_paths
 from mmcrossvit.storage import is_complete, read_json, read_safetensors, write_safetensors
 
@@ -131,7 +131,4 @@ def _plot_sample(paths, name, pts, valid, G, norm, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

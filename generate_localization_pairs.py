@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmcrossvit.colmap_io import write_pairs
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.layout import Dataset
 from mmcrossvit.paths import run_paths
 from mmcrossvit.retrieval import compute_descriptors, file_fingerprint, stack, topk
@@ -70,7 +70,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

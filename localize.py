@@ -22,20 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mmcrossvit.colmap_io import read_pairs, write_poses
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.features import extract_features, feature_names, stored_config
 from mmcrossvit.geometry import Pose
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel, localize_query
 from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import atomic_path, write_json
+from mmcrossvit.storage import write_json
 
 log = logging.getLogger("localize")
 
@@ -160,7 +159,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from mmcrossvit.colmap_io import read_pairs, read_poses, write_poses
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.layout import Dataset
 from mmcrossvit.paths import run_paths
 
@@ -79,7 +79,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

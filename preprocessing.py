@@ -26,7 +26,7 @@ import pandas as pd
 
 from mmcrossvit import sfm, spatial_db
 from mmcrossvit.colmap_io import read_colmap_cameras_poses, read_model_observations, write_pairs
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.features import SiftConfig, extract_features
 from mmcrossvit.layout import Dataset
 from mmcrossvit.paths import run_paths
@@ -186,7 +186,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

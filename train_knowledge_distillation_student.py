@@ -35,11 +35,10 @@ from tqdm import tqdm
 
 from mmcrossvit import training as T
 from mmcrossvit.data import hflip_tokens
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.losses import relaxed_contrastive_loss
 from mmcrossvit.paths import run_paths
-from mmcrossvit.spatial_db import SpatialDB
-from mmcrossvit.storage import is_complete, read_json
+from mmcrossvit.storage import read_json
 from models.crossvit import build_student, load_model
 
 # paper: full size for GPUs (the KD schedule is ours: the authors published none). demo: ~2.5
@@ -85,14 +84,8 @@ def main(argv=None) -> dict:
         return read_json(out / 'summary.json')
 
     # ---- data and the frozen teacher ---------------------------------------------------------
-    if not is_complete(paths.spatial_db):
-        raise DataError(paths.spatial_db, "no spatial database; run preprocessing.py first")
-    db = SpatialDB.load(paths.spatial_db)
-    names = [str(n) for n in db.names]
+    db, names, train_idx, val_idx, allowed = T.training_db(paths, args.val_fold)
     N = len(names)
-    train_idx, val_idx = T.split_folds(db, args.val_fold)
-    allowed = np.zeros(N, dtype=bool)
-    allowed[train_idx] = True
     pos = [p[allowed[p]] for p in (db.positives(i)[0] for i in range(N))]
     teacher_path = args.teacher or paths.teacher / 'best.pt'
     if not teacher_path.is_file():
@@ -259,7 +252,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

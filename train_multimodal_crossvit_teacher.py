@@ -38,11 +38,10 @@ from tqdm import tqdm
 
 from mmcrossvit import training as T
 from mmcrossvit.data import hflip_tokens
-from mmcrossvit.errors import DataError
+from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.losses import contrastive_loss
 from mmcrossvit.paths import run_paths
-from mmcrossvit.spatial_db import SpatialDB
-from mmcrossvit.storage import is_complete, read_json
+from mmcrossvit.storage import read_json
 from models.crossvit import build_student, build_teacher
 
 # paper: the authors' settings. demo: ~3 minutes on 2 idle CPU cores for 300 database images with
@@ -93,14 +92,8 @@ def main(argv=None) -> dict:
         return read_json(out / 'summary.json')
 
     # ---- data: spatial DB, folds, tokens, images --------------------------------------------
-    if not is_complete(paths.spatial_db):
-        raise DataError(paths.spatial_db, "no spatial database; run preprocessing.py first")
-    db = SpatialDB.load(paths.spatial_db)
-    names = [str(n) for n in db.names]
+    db, names, train_idx, val_idx, allowed = T.training_db(paths, args.val_fold)
     N = len(names)
-    train_idx, val_idx = T.split_folds(db, args.val_fold)
-    allowed = np.zeros(N, dtype=bool)
-    allowed[train_idx] = True  # pairs stay inside the training folds: validation anchors are unseen
     tokens = valid = None
     if not args.image_only:
         tokens, valid, tparams = T.load_spatial_tokens(paths.tokens, names)
@@ -272,7 +265,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    run_cli(main)

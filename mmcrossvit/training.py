@@ -354,6 +354,17 @@ def split_folds(db: SpatialDB, val_fold: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(db.fold != val_fold), val
 
 
+def training_db(paths, val_fold: int) -> tuple[SpatialDB, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(spatial DB, names, training anchors, validation anchors, mask of training images)."""
+    if not is_complete(paths.spatial_db):
+        raise DataError(paths.spatial_db, "no spatial database; run preprocessing.py first")
+    db = SpatialDB.load(paths.spatial_db)
+    train_idx, val_idx = split_folds(db, val_fold)
+    allowed = np.zeros(len(db.names), dtype=bool)
+    allowed[train_idx] = True  # pairs stay inside the training folds: validation anchors are unseen
+    return db, [str(n) for n in db.names], train_idx, val_idx, allowed
+
+
 def load_spatial_tokens(path: Path, names) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(tokens float16 (N, 1+G*G, D), valid bool (N, G*G), params) in the order of `names`."""
     from generate_RoPE_embeddings import load_tokens
