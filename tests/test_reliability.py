@@ -150,3 +150,32 @@ def test_one_image_dataset_stops_with_a_clear_message(tmp_path):
     with pytest.raises(DataError, match="no 3D points"):
         preprocessing.main(["--dataset", str(tmp_path), "--outputs", str(tmp_path / "out"),
                             "--database-root", str(tmp_path / "db"), "--first-octave", "0"])
+
+
+def test_training_killed_midway_resumes_to_the_same_weights(tiny_run, tmp_path):
+    """SIGKILL during teacher training, then --resume: the final weights equal an uninterrupted run's."""
+    import torch
+    root, paths = tiny_run
+    base = [sys.executable, str(REPO / "train_multimodal_crossvit_teacher.py"), "--dataset", str(root), "--name", "tiny",
+            "--outputs", str(paths.out.parent), "--database-root", str(paths.database.parent), "--preset", "tiny",
+            "--epochs", "4", "--threads", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ref = subprocess.run(base + ["--out", str(tmp_path / "ref")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(base + ["--out", str(out)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "last.pt").exists():
+            time.sleep(0.3)  # into the next epoch
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    again = subprocess.run(base + ["--out", str(out), "--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+    b = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
