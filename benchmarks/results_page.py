@@ -1,0 +1,110 @@
+"""Assemble RESULTS.md: every measured table in one page, plus two plots.
+
+    python benchmarks/results_page.py --dataset datasets/demo
+
+Reads benchmarks/results/*.md (efficiency, throughput, scale, ablation, token reliance) and
+outputs/<name>/evaluation.{md,json}; draws localization recall against the position threshold
+(student vs oracle retrieval, day and night) and the retrieval P@K / Recall@K curves into
+benchmarks/results/*.png. Nothing is typed in by hand: re-run the producing commands first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evaluate import load_results  # noqa: E402
+from mmcrossvit.geometry import pose_error  # noqa: E402
+from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.paths import run_paths  # noqa: E402
+from mmcrossvit.storage import atomic_path, read_json, write_text  # noqa: E402
+
+SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficiency.py"),
+            ("Throughput", "throughput.md", "python benchmarks/throughput.py"),
+            ("Pipeline scale", "scale.md", "python benchmarks/scale.py --log outputs/demo/localization_log.jsonl"),
+            ("Ablation (demo, held-out fold)", "ablation.md", "python benchmarks/ablation.py --dataset datasets/demo"),
+            ("How much the teacher relies on its 3D tokens", "token_reliance.md",
+             "python benchmarks/token_reliance.py --dataset datasets/demo")]
+
+
+def save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", type=Path, default=Path("datasets/demo"), help="dataset of the evaluated run")
+    p.add_argument("--name", help="run name (default: dataset folder name)")
+    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
+    p.add_argument("--page", type=Path, default=REPO / "RESULTS.md", help="the page to write")
+    args = p.parse_args(argv)
+    res_dir = REPO / "benchmarks/results"
+    ds = Dataset(args.dataset)
+    paths = run_paths(args.name or ds.name, args.outputs)
+    md = ["# Results", "",
+          "Every table is produced by the command above it, on the machine each file names; this page is "
+          "assembled by `python benchmarks/results_page.py`.", ""]
+
+    ev_path = paths.out / "evaluation.md"
+    if ev_path.exists() and ds.gt_poses:
+        md += [f"## Localization and retrieval on `{paths.name}`", "", "`make demo` (or `python evaluate.py "
+               f"--dataset {args.dataset}`)", "", ev_path.read_text().split("\n", 2)[2].strip(), ""]
+        # recall vs position threshold (rotation threshold fixed at 10 degrees)
+        ths = np.logspace(-2, 1.5, 60)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, f, style in (("student", paths.results, "-"), ("oracle", paths.out / "oracle" / paths.results.name, "--")):
+            if not f.exists():
+                continue
+            est = load_results(f, ds)
+            for cond, colour in (("day", "tab:orange"), ("night", "tab:blue")):
+                qs = [q for q, v in ds.queries.items() if v.condition == cond and q in ds.gt_poses]
+                e = np.array([pose_error(est[q], ds.gt_poses[q]) for q in qs])
+                ax.plot(ths, [100 * np.mean((e[:, 0] <= t) & (e[:, 1] <= 10)) for t in ths], style, c=colour,
+                        label=f"{label}, {cond}")
+        ax.set_xscale("log")
+        ax.set_xlabel("position threshold (m), rotation <= 10°")
+        ax.set_ylabel("% queries localized")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, res_dir / "recall_vs_threshold.png")
+        ev = read_json(paths.out / "evaluation.json")
+        if ev.get("retrieval"):
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+            for name, r in ev["retrieval"].items():
+                ks = sorted(int(k) for k in r["P"])
+                axes[0].plot(ks, [r["P"][str(k)] for k in ks], "o-", label=name)
+                axes[1].plot(ks, [r["R"][str(k)] for k in ks], "o-", label=name)
+            for a, t in zip(axes, ("P@K", "Recall@K")):
+                a.set_xscale("log")
+                a.set_xlabel("K")
+                a.set_title(t)
+                a.grid(alpha=0.3)
+            axes[1].legend(fontsize=7)
+            save(fig, res_dir / "retrieval_curves.png")
+        md += ["![recall vs threshold](benchmarks/results/recall_vs_threshold.png)", "",
+               "![retrieval curves](benchmarks/results/retrieval_curves.png)", ""]
+    for title, fname, cmd in SECTIONS:
+        f = res_dir / fname
+        if f.exists():
+            body = f.read_text().strip()
+            if body.startswith("# "):
+                body = body.split("\n", 1)[1].strip()
+            md += [f"## {title}", "", f"`{cmd}`", "", body, ""]
+    write_text(args.page, "\n".join(md) + "\n")
+    print(f"-> {args.page}")
+    return args.page
+
+
+if __name__ == "__main__":
+    main()
