@@ -209,10 +209,7 @@ def main(argv=None) -> dict:
         # ---- validation and checkpoints -------------------------------------------------------
         if completed == args.epochs or (args.val_every and completed % args.val_every == 0):
             gallery = T.embed_all(raw, embed, N, args.embed_dim, args.eval_batch_size, d, autocast, "embedding db")
-            night = T.embed_all(raw, lambda m, j: embed(m, val_idx[j], night_seed=args.seed), len(val_idx),
-                                args.embed_dim, args.eval_batch_size, d, autocast, "embedding night anchors")
-            metrics = {**T.flat_metrics('', T.retrieval(gallery, val_idx, db)),
-                       **T.flat_metrics('night_', T.retrieval(gallery, val_idx, db, queries=night)), 'epoch': completed}
+            metrics = T.validate(raw, gallery, embed, val_idx, db, args, d, autocast, completed)
             tb.scalars({k: v for k, v in metrics.items() if k != 'epoch'}, step, 'val/')
             line += " | " + T.describe(metrics)
             if T.is_better(metrics, best):
@@ -220,12 +217,9 @@ def main(argv=None) -> dict:
                 line += " (best)"
         rng_states = T.gather_rng(d)
         if d.main:
-            ck = dict(kind='student', epoch=completed, step=step, schedule=schedule, best=best, metrics=metrics,
-                      rng=rng_states, args=args, extra={'teacher': str(teacher_path), 'teacher_config': dict(tcfg),
-                                                        'teacher_sha256': teacher_sum})
-            if best is not None and best.get('epoch') == completed:
-                T.save_checkpoint(out / 'best.pt', model, optimizer, scaler, **ck)
-            T.save_checkpoint(out / 'last.pt', model, optimizer, scaler, **ck)
+            T.save_epoch(out, model, optimizer, scaler, best, completed, kind='student', step=step, schedule=schedule,
+                         metrics=metrics, rng=rng_states, args=args,
+                         extra={'teacher': str(teacher_path), 'teacher_config': dict(tcfg), 'teacher_sha256': teacher_sum})
         T.barrier(d)
         log(line)
 

@@ -224,10 +224,7 @@ def main(argv=None) -> dict:
         if completed == args.epochs or (args.val_every and completed % args.val_every == 0):
             gallery = embed_db()
             latest = (completed, gallery)
-            night = T.embed_all(raw, lambda m, j: embed(m, val_idx[j], night_seed=args.seed), len(val_idx),
-                                args.embed_dim, args.eval_batch_size, d, autocast, "embedding night anchors")
-            metrics = {**T.flat_metrics('', T.retrieval(gallery, val_idx, db)),
-                       **T.flat_metrics('night_', T.retrieval(gallery, val_idx, db, queries=night)), 'epoch': completed}
+            metrics = T.validate(raw, gallery, embed, val_idx, db, args, d, autocast, completed)
             tb.scalars({k: v for k, v in metrics.items() if k != 'epoch'}, step, 'val/')
             line += " | " + T.describe(metrics)
             if T.is_better(metrics, best):
@@ -235,11 +232,8 @@ def main(argv=None) -> dict:
                 line += " (best)"
         rng_states = T.gather_rng(d)
         if d.main:
-            ck = dict(kind=kind, epoch=completed, step=step, schedule=schedule, best=best, metrics=metrics,
-                      rng=rng_states, args=args, extra={'mined': mined, 'mined_epoch': mined_epoch})
-            if best is not None and best.get('epoch') == completed:
-                T.save_checkpoint(out / 'best.pt', model, optimizer, scaler, **ck)
-            T.save_checkpoint(out / 'last.pt', model, optimizer, scaler, **ck)
+            T.save_epoch(out, model, optimizer, scaler, best, completed, kind=kind, step=step, schedule=schedule,
+                         metrics=metrics, rng=rng_states, args=args, extra={'mined': mined, 'mined_epoch': mined_epoch})
         T.barrier(d)
         log(line)
 

@@ -511,6 +511,23 @@ def retrieval(gallery: torch.Tensor, anchors: np.ndarray, db: SpatialDB, queries
     return retrieval_metrics(ranked, positives, [k for k in ks if k <= kmax])
 
 
+def validate(raw: nn.Module, gallery: torch.Tensor, embed: Callable, val_idx: np.ndarray, db: SpatialDB,
+             args, d: 'Dist', autocast, completed: int) -> dict:
+    """Held-out anchors' R@K / P@K among the gallery, clean and night-simulated (prefix 'night_')."""
+    night = embed_all(raw, lambda m, j: embed(m, val_idx[j], night_seed=args.seed), len(val_idx),
+                      args.embed_dim, args.eval_batch_size, d, autocast, "embedding night anchors")
+    return {**flat_metrics('', retrieval(gallery, val_idx, db)),
+            **flat_metrics('night_', retrieval(gallery, val_idx, db, queries=night)), 'epoch': completed}
+
+
+def save_epoch(out: Path, model, optimizer, scaler, best: Optional[dict], completed: int, **ck) -> None:
+    """last.pt every epoch; best.pt when this epoch's validation is the best so far."""
+    ck = dict(best=best, epoch=completed, **ck)
+    if best is not None and best.get('epoch') == completed:
+        save_checkpoint(out / 'best.pt', model, optimizer, scaler, **ck)
+    save_checkpoint(out / 'last.pt', model, optimizer, scaler, **ck)
+
+
 def flat_metrics(prefix: str, m: dict) -> dict:
     out = {f"{prefix}R@{k}": v for k, v in m['R'].items()}
     out.update({f"{prefix}P@{k}": v for k, v in m['P'].items()})
