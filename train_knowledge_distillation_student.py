@@ -38,7 +38,6 @@ from mmcrossvit.data import hflip_tokens
 from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.losses import relaxed_contrastive_loss
 from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import read_json
 from models.crossvit import build_student, load_model
 
 # paper: full size for GPUs (the KD schedule is ours: the authors published none). demo: ~2.5
@@ -78,10 +77,9 @@ def main(argv=None) -> dict:
     paths = run_paths(args.name, args.outputs, args.database_root)
     out = args.out or paths.student
     state, ck_path = T.start_or_resume(out, args, d)
-    if state == 'done':
-        log(f"{out} holds a finished student run; skipping (use --overwrite to retrain, or --resume with more --epochs)")
-        T.cleanup(d)
-        return read_json(out / 'summary.json')
+    done_summary = T.finished_summary(out, state, 'student', d, log)
+    if done_summary is not None:
+        return done_summary
 
     # ---- data and the frozen teacher ---------------------------------------------------------
     db, names, train_idx, val_idx, allowed = T.training_db(paths, args.val_fold)

@@ -41,7 +41,6 @@ from mmcrossvit.data import hflip_tokens
 from mmcrossvit.errors import DataError, run_cli
 from mmcrossvit.losses import contrastive_loss
 from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import read_json
 from models.crossvit import build_student, build_teacher
 
 # paper: the authors' settings. demo: ~3 minutes on 2 idle CPU cores for 300 database images with
@@ -86,10 +85,9 @@ def main(argv=None) -> dict:
     paths = run_paths(args.name, args.outputs, args.database_root)
     out = args.out or paths.out / kind
     state, ck_path = T.start_or_resume(out, args, d)
-    if state == 'done':
-        log(f"{out} holds a finished {kind} run; skipping (use --overwrite to retrain, or --resume with more --epochs)")
-        T.cleanup(d)
-        return read_json(out / 'summary.json')
+    done_summary = T.finished_summary(out, state, kind, d, log)
+    if done_summary is not None:
+        return done_summary
 
     # ---- data: spatial DB, folds, tokens, images --------------------------------------------
     db, names, train_idx, val_idx, allowed = T.training_db(paths, args.val_fold)

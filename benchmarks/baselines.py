@@ -153,3 +153,11 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def pct(counted: float, paper: float) -> float:
     """Signed difference of a counted figure from the paper's, in % of the paper's."""
     return 100.0 * (counted - paper) / paper
+
+
+def write_report(stem: str, text: str, result: dict) -> None:
+    """<stem>.md and <stem>.json, written atomically."""
+    from mmcrossvit.storage import write_json, write_text
+    write_text(stem + ".md", text)
+    write_json(stem + ".json", result)
+    print(f"wrote {stem}.md and {stem}.json")

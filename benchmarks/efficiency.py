@@ -17,9 +17,8 @@ import torch
 import torchvision
 
 from baselines import (RESULTS, build_apgem, build_netvlad, count_flops, explicit_attention, machine_info,
-                       markdown_table, module_flops, num_params, pct)
+                       markdown_table, module_flops, num_params, pct, write_report)
 from models.crossvit import build_student
-from mmcrossvit.storage import write_json, write_text
 
 # the paper's efficiency table (Kang et al., 2024): params in M, "FLOPs" in G, and its ratios
 PAPER = {"student": {"params_m": 6.9, "gflops": 1.6},
@@ -247,9 +246,7 @@ def main(argv=None) -> dict:
                                   "closest_macs": best_macs, "closest_flops": best_flops,
                                   "named_sizes_flops": named_counts},
               "apgem_param_variants": variants, "notes": notes, "machine": machine_info()}
-    write_text(args.out + ".md", text)
-    write_json(args.out + ".json", result)
-    print(f"wrote {args.out}.md and {args.out}.json")
+    write_report(args.out, text, result)
     return result
 
 

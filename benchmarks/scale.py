@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from baselines import RESULTS, machine_info, markdown_table
+from baselines import RESULTS, machine_info, markdown_table, write_report
 
 CASES = ("db", "retrieval", "localization", "training")
 
@@ -413,10 +413,7 @@ def main(argv=None) -> dict:
     md.append("")
     text = "\n".join(md)
     print(text)
-    from mmcrossvit.storage import write_json, write_text
-    write_text(args.out + ".md", text)
-    write_json(args.out + ".json", result)
-    print(f"wrote {args.out}.md and {args.out}.json")
+    write_report(args.out, text, result)
     return result
 
 

@@ -18,9 +18,8 @@ import time
 
 import torch
 
-from baselines import RESULTS, build_netvlad, count_flops, explicit_attention, machine_info, markdown_table
+from baselines import RESULTS, build_netvlad, count_flops, explicit_attention, machine_info, markdown_table, write_report
 from models.crossvit import build_student
-from mmcrossvit.storage import write_json, write_text
 
 
 def parse_args(argv=None):
@@ -154,9 +153,7 @@ def main(argv=None) -> dict:
     md.append("")
     text = "\n".join(md)
     print(text)
-    write_text(args.out + ".md", text)
-    write_json(args.out + ".json", result)
-    print(f"wrote {args.out}.md and {args.out}.json")
+    write_report(args.out, text, result)
     return result
 
 

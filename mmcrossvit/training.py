@@ -658,6 +658,15 @@ def start_or_resume(out: Path, args, d: Dist) -> tuple[str, Optional[Path]]:
     return 'fresh', None
 
 
+def finished_summary(out: Path, state: str, kind: str, d: 'Dist', log) -> Optional[dict]:
+    """The summary of a finished run in `out` (after start_or_resume said 'done'), else None."""
+    if state != 'done':
+        return None
+    log(f"{out} holds a finished {kind} run; skipping (use --overwrite to retrain, or --resume with more --epochs)")
+    cleanup(d)
+    return read_json(out / 'summary.json')
+
+
 class Logger:
     """TensorBoard scalars (rank 0 only) under <out>/tb; a resumed run drops events past its checkpoint."""
 
