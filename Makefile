@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 
 # The whole chain on the embedded synthetic scenes (generated on first run).
 demo: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate demo --dataset datasets/demo --preset demo
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate --dataset datasets/demo --preset demo
 
 # The same chain on any dataset in the documented layout.
 pipeline: $(VENV)/.installed

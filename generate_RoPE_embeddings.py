@@ -1,134 +1,18 @@
 """Step 2: 3D spatial tokens ("RoPE embeddings") for every database image.
 
-    python generate_RoPE_embeddings.py --name demo
+    python generate_RoPE_embeddings.py --dataset datasets/demo --preset demo
 
-Reads the triangulated model outputs/<name>/sfm and writes DataBase/<name>/spatial_tokens.safetensors:
-  tokens  (N, 1 + G*G, D) float16   camera token, then G x G patch tokens row-major
-  valid   (N, G*G) uint8             1 where the patch has a real 3D point (always 1 for rays)
-  points  (N, G*G, 3) float32        the world point behind each patch (before encoding)
-and in its metadata the image names (JSON) and every encoding parameter. The formula is in
-mmcrossvit/spatial_tokens.py. A PNG shows the patch grid of one image coloured by 3D position.
+Reads outputs/<name>/sfm and writes DataBase/<name>/spatial_tokens.safetensors (tokens, valid
+mask and the 3D point behind each patch; format and formula in mmcrossvit/steps/tokens.py and
+mmcrossvit/spatial_tokens.py), plus a PNG of one image's patch grid coloured by 3D position.
 """
-from __future__ import annotations
-
-import argparse
-import json
-import logging
-from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from mmcrossvit import spatial_tokens as st
-from mmcrossvit.colmap_io import read_colmap_cameras_poses, read_model_observations
-from mmcrossvit.errors import DataError, run_cli
-from mmcrossvit.paths import run_paths
-from mmcrossvit.storage import is_complete, read_json, read_safetensors, write_safetensors
-
-log = logging.getLogger("rope")
+from mmcrossvit import cli
+from mmcrossvit.steps import tokens as step
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True, help="run name (outputs/<name>, DataBase/<name>)")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
-    p.add_argument("--database-root", type=Path, default=Path("DataBase"), help="root of the spatial databases")
-    p.add_argument("--mode", choices=["rays", "sfm"], default="sfm",
-                   help="3D point per patch: fixed-depth ray (authors) or observed SfM points (default)")
-    p.add_argument("--grid", type=int, default=14, help="patch grid size G (teacher branch 1 is G x G)")
-    p.add_argument("--dim", type=int, default=192, help="token dimension D (teacher branch-1 width)")
-    p.add_argument("--ray-depth", type=float, default=None,
-                   help="depth of the ray points in scene units (default: median depth of all SfM points)")
-    p.add_argument("--pos-ratio", type=float, default=1024.0, help="highest/lowest position frequency")
-    p.add_argument("--rot-ratio", type=float, default=8.0, help="highest/lowest rotation frequency")
-    p.add_argument("--output", type=Path, help="output file (default DataBase/<name>/spatial_tokens.safetensors)")
-    p.add_argument("--overwrite", action="store_true", help="recompute even if the output exists")
-    return p.parse_args(argv)
-
-
-def load_tokens(path: Path) -> tuple[list[str], dict[str, torch.Tensor], dict]:
-    """(names, tensors, metadata) of a spatial-token file."""
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = read_safetensors(path)
-    return json.loads(meta["names"]), tensors, json.loads(meta["params"])
-
-
-def main(argv=None) -> Path:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    paths = run_paths(args.name, args.outputs, args.database_root)
-    out = args.output or paths.tokens
-    if is_complete(out) and not args.overwrite:
-        print(f"{out} exists; skipping (use --overwrite to redo)")
-        return out
-    if not is_complete(paths.sfm / "points3D.txt"):
-        raise DataError(paths.sfm, "no SfM model; run preprocessing.py first")
-    cams, poses = read_colmap_cameras_poses(paths.sfm)
-    obs, pids, xyz = read_model_observations(paths.sfm)
-    from mmcrossvit.spatial_db import SpatialDB
-    names = [str(n) for n in SpatialDB.load(paths.spatial_db).names] if is_complete(paths.spatial_db) else sorted(poses)
-    order = np.argsort(pids)
-    point_index = lambda ids: order[np.searchsorted(pids, ids, sorter=order)]  # noqa: E731
-
-    norm = st.Normaliser.from_centres(np.stack([poses[n].center for n in names]))
-    depth = args.ray_depth
-    if depth is None:  # a scene scale that works for any unit: the median depth of observed points
-        depths = [np.median(poses[n].transform(xyz[point_index(obs[n][1])])[:, 2]) for n in names if len(obs.get(n, ((), ()))[1])]
-        depth = float(np.median(depths)) if depths else 10.0
-    enc = st.Encoding(args.dim, args.pos_ratio, args.rot_ratio)
-    G = args.grid
-    tokens = np.zeros((len(names), 1 + G * G, args.dim), dtype=np.float16)
-    valid = np.zeros((len(names), G * G), dtype=np.uint8)
-    points = np.zeros((len(names), G * G, 3), dtype=np.float32)
-    for i, n in enumerate(tqdm(names, desc="spatial tokens", unit="img")):
-        kp, ids = obs.get(n, (np.zeros((0, 2)), np.zeros(0, np.int64)))
-        t, v, p = st.image_tokens(cams[n], poses[n], G, norm, enc, args.mode, depth,
-                                  observations=(kp, xyz[point_index(ids)]) if len(ids) else None)
-        tokens[i], valid[i], points[i] = t, v, p
-    params = {"mode": args.mode, "grid": G, "dim": args.dim, "ray_depth": depth, "mu": norm.mu.tolist(),
-              "s": norm.s, "pos_ratio": args.pos_ratio, "rot_ratio": args.rot_ratio,
-              "n_pos": enc.n_pos, "n_rot": enc.n_rot}
-    write_safetensors(out, {"tokens": torch.from_numpy(tokens), "valid": torch.from_numpy(valid),
-                            "points": torch.from_numpy(points)},
-                      metadata={"names": json.dumps(names), "params": json.dumps(params)})
-    print(f"{len(names)} images, {G}x{G} patches, D={args.dim}, mode={args.mode}: "
-          f"{valid.mean() * 100:.1f}% of patches have 3D points -> {out}")
-    k = int(np.argmax(valid.sum(1)))  # the sample with the most observed patches
-    _plot_sample(paths, names[k], points[k], valid[k], G, norm,
-                 out.with_name(out.stem + "_sample.png"))
-    return out
-
-
-def _plot_sample(paths, name, pts, valid, G, norm, png: Path) -> None:
-    """The sample image beside its patch grid coloured by normalised 3D position (grey: no 3D)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from mmcrossvit.layout import IMAGES
-    from mmcrossvit.storage import atomic_path
-    p = norm(pts.astype(np.float64))
-    rgb = (p - p.min(0)) / np.maximum(np.ptp(p, 0), 1e-9)
-    rgb[valid == 0] = 0.5
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
-    summary = paths.out / "preprocessing_summary.json"
-    if summary.exists():  # preprocessing records where the dataset lives
-        img_path = Path(read_json(summary)["dataset_root"]) / IMAGES / name
-        if img_path.exists():
-            ax[0].imshow(plt.imread(img_path))
-    ax[0].set_title(name, fontsize=8)
-    ax[1].imshow(rgb.reshape(G, G, 3), interpolation="nearest")
-    for (r, c) in zip(*np.nonzero(valid.reshape(G, G) == 0)):
-        ax[1].text(c, r, "x", ha="center", va="center", fontsize=6, color="k")
-    ax[1].set_title("patch 3D position as RGB (x: no SfM point)", fontsize=8)
-    for a in ax:
-        a.axis("off")
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+def main(argv=None):
+    return cli.main(step, argv, __doc__)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

@@ -1,6 +1,6 @@
 """Optional: the authors' local features (SuperPoint + SuperGlue) through hloc, on our retrieval.
 
-    python localize_hloc.py --dataset datasets/aachen
+    python localize_hloc.py --dataset datasets/aachen --preset paper
 
 Needs `hloc` (not on the package index: `pip install git+https://github.com/cvg/Hierarchical-Localization`)
 and its network weights (downloaded by hloc on first use). It reads the same files as localize.py:
@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcrossvit import cli
 from mmcrossvit.colmap_io import read_pairs, read_poses, write_poses
-from mmcrossvit.errors import DataError, run_cli
+from mmcrossvit.errors import DataError
 from mmcrossvit.layout import Dataset
-from mmcrossvit.paths import run_paths
+from mmcrossvit.paths import RunLayout
+
+TAG = "hloc"
 
 
 def hloc_available() -> bool:
@@ -31,9 +34,7 @@ def hloc_available() -> bool:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", type=Path, required=True, help="dataset folder in the documented layout")
-    p.add_argument("--name", help="run name (default: dataset folder name)")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
+    cli.add_run_args(p)
     p.add_argument("--features", default="superpoint_aachen", help="hloc extract_features config name")
     p.add_argument("--matcher", default="superglue", help="hloc match_features config name")
     p.add_argument("--ransac-max-error", type=float, default=12.0, help="RANSAC threshold in pixels")
@@ -46,11 +47,11 @@ def main(argv=None) -> Path:
         raise SystemExit("error: hloc is not installed; see the module docstring (it is optional)")
     from hloc import extract_features, localize_sfm, match_features, triangulation
     ds = Dataset(args.dataset)
-    paths = run_paths(args.name or ds.name, args.outputs)
-    for f in (paths.sfm / "images.txt", paths.pairs_db, paths.pairs_query):
+    paths = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    for f in (paths.sfm_points, paths.pairs_db, paths.pairs_query):
         if not f.exists():
             raise DataError(f, "missing; run preprocessing.py and generate_localization_pairs.py first")
-    out = paths.out / "hloc"
+    out = paths.localization_dir(TAG)
     out.mkdir(parents=True, exist_ok=True)
     fconf, mconf = extract_features.confs[args.features], match_features.confs[args.matcher]
     feats = extract_features.main(fconf, ds.images_dir, out)
@@ -72,11 +73,11 @@ def main(argv=None) -> Path:
         b = Path(q).name
         if b not in est and top.get(b) in db_poses:
             est[b] = db_poses[top[b]]
-    results = out / paths.results.name
+    results = paths.results_file(TAG)
     write_poses(results, dict(sorted(est.items())))
     print(f"{len(est)} poses -> {results}")
     return results
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli.run_cli(main)

@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluate import load_results  # noqa: E402
+from mmcrossvit.evaluation import load_results  # noqa: E402
 from mmcrossvit.geometry import pose_error  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.paths import run_paths  # noqa: E402
+from mmcrossvit.paths import OUTPUTS, RunLayout  # noqa: E402
 from mmcrossvit.storage import atomic_path, read_json, write_text  # noqa: E402
 
 SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficiency.py"),
@@ -46,24 +46,24 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=Path, default=Path("datasets/demo"), help="dataset of the evaluated run")
     p.add_argument("--name", help="run name (default: dataset folder name)")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
+    p.add_argument("--outputs", type=Path, default=OUTPUTS, help="root of per-run outputs")
     p.add_argument("--page", type=Path, default=REPO / "RESULTS.md", help="the page to write")
     args = p.parse_args(argv)
     res_dir = REPO / "benchmarks/results"
     ds = Dataset(args.dataset)
-    paths = run_paths(args.name or ds.name, args.outputs)
+    paths = RunLayout.create(args.dataset, args.name, args.outputs)
     md = ["# Results", "",
           "Every table is produced by the command above it, on the machine each file names; this page is "
           "assembled by `python benchmarks/results_page.py`.", ""]
 
-    ev_path = paths.out / "evaluation.md"
+    ev_path = paths.evaluation_md
     if ev_path.exists() and ds.gt_poses:
         md += [f"## Localization and retrieval on `{paths.name}`", "", "`make demo` (or `python evaluate.py "
                f"--dataset {args.dataset}`)", "", ev_path.read_text().split("\n", 2)[2].strip(), ""]
         # recall vs position threshold (rotation threshold fixed at 10 degrees)
         ths = np.logspace(-2, 1.5, 60)
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, f, style in (("student", paths.results, "-"), ("oracle", paths.out / "oracle" / paths.results.name, "--")):
+        for label, f, style in (("student", paths.results, "-"), ("oracle", paths.oracle_results, "--")):
             if not f.exists():
                 continue
             est = load_results(f, ds)
@@ -78,7 +78,7 @@ def main(argv=None) -> Path:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, res_dir / "recall_vs_threshold.png")
-        ev = read_json(paths.out / "evaluation.json")
+        ev = read_json(paths.evaluation_json)
         if ev.get("retrieval"):
             fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
             for name, r in ev["retrieval"].items():

@@ -12,10 +12,3 @@ class DataError(ValueError):
         where = "" if path is None else f"{path}" + (f", line {line}" if line is not None else "")
         super().__init__(f"{where}: {message}" if where else message)
 
-
-def run_cli(main) -> None:
-    """Run a script's main(); bad input ends in one line naming the file, not a traceback."""
-    try:
-        main()
-    except DataError as e:
-        raise SystemExit(f"error: {e}")

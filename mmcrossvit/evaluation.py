@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .colmap_io import CameraSpec
+from pathlib import Path
+
+from .colmap_io import CameraSpec, read_poses
+from .errors import DataError
 from .geometry import Pose, pose_error
 
 THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
-KS = (1, 5, 20, 50, 100, 150, 200)
+EVAL_KS = (1, 5, 20, 50, 100, 150, 200)  # the retrieval tables (training validates at 1, 5, 10)
 
 
 def localization_table(estimates: dict[str, Pose], truth: dict[str, Pose], conditions: dict[str, str],
@@ -34,7 +37,17 @@ def localization_table(estimates: dict[str, Pose], truth: dict[str, Pose], condi
     return out
 
 
-def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=KS) -> dict:
+def load_results(path: Path, ds):
+    """{query name: pose} of a results file in the benchmark's format (basenames mapped back)."""
+    by_base = {Path(q).name: q for q in ds.queries}
+    est = read_poses(path)
+    unknown = sorted(set(est) - set(by_base))
+    if unknown:
+        raise DataError(path, f"{len(unknown)} results are not queries of {ds.root}, e.g. {unknown[0]!r}")
+    return {by_base[b]: p for b, p in est.items()}
+
+
+def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=EVAL_KS) -> dict:
     """P@K and Recall@K for ranked (A, >= max K) gallery indices; anchors without positives skipped."""
     keep = [i for i, p in enumerate(positives) if p]
     ks = [k for k in ks if k <= ranked.shape[1]]
@@ -87,15 +100,35 @@ def format_retrieval(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
+    """For each query with a true pose: how many of the 3D points visible from that pose each
+    database image in `db_names` observes (the ground truth of retrieval)."""
+    out = {}
+    for q, query in ds.queries.items():
+        if ds.gt_poses is None or q not in ds.gt_poses:
+            continue
+        vis = np.unique(model.point_ids[visible_points(query.camera, ds.gt_poses[q], model.xyz)])
+        out[q] = np.array([int(np.isin(model.point3d_ids[n], vis).sum()) if n in model.point3d_ids else 0
+                           for n in db_names], dtype=np.int64)
+    return out
+
+
+def oracle_candidates(ds, model, k: int) -> dict[str, list[str]]:
+    """Database images ranked by the number of 3D points visible from each query's true pose
+    (ties by name); only images that see at least one. Queries without a true pose get none."""
+    db = sorted(model.point3d_ids)
+    counts = gt_covisibility(ds, model, db)
+    out = {}
+    for q in ds.queries:
+        c = counts.get(q, np.zeros(len(db), dtype=np.int64))
+        order = np.argsort(-c, kind="stable")[:k]
+        out[q] = [db[j] for j in order if c[j] > 0]
+    return out
+
+
 def query_positives(ds, model, db_names: list[str], min_shared: int) -> list[set[int]]:
     """For each query (sorted by name), the indices into `db_names` of database images that see at
     least `min_shared` of the 3D points visible from the query's true pose."""
-    out = []
-    for q in sorted(ds.queries):
-        if q not in ds.gt_poses:
-            out.append(set())
-            continue
-        vis = np.unique(model.point_ids[visible_points(ds.queries[q].camera, ds.gt_poses[q], model.xyz)])
-        out.append({j for j, n in enumerate(db_names)
-                    if n in model.point3d_ids and np.isin(model.point3d_ids[n], vis).sum() >= min_shared})
-    return out
+    counts = gt_covisibility(ds, model, db_names)
+    return [set(np.flatnonzero(counts[q] >= min_shared).tolist()) if q in counts else set()
+            for q in sorted(ds.queries)]

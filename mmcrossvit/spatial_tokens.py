@@ -136,3 +136,13 @@ def image_tokens(camera: CameraSpec, pose: Pose, grid: int, norm: Normaliser, en
     patch = encode(norm(pts), q, enc)
     cam = encode(norm(C)[None], pose.qvec[None], enc)
     return np.concatenate([cam, patch], 0), valid, pts
+
+
+def load_tokens(path) -> tuple[list[str], dict, dict]:
+    """(names, tensors, params) of a spatial-token file written by the tokens step."""
+    import json
+    from safetensors import safe_open
+    from .storage import read_safetensors
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return json.loads(meta["names"]), read_safetensors(path), json.loads(meta["params"])

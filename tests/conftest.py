@@ -13,13 +13,12 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dataset, tmp_path_factory):
-    """preprocessing.py + generate_RoPE_embeddings.py on the tiny dataset; returns (dataset, RunPaths)."""
-    import preprocessing
-    import generate_RoPE_embeddings
-    from mmcrossvit.paths import run_paths
+    """Steps 1-2 (preprocess, tokens) of the tiny preset, in-process; returns (dataset, RunLayout)."""
+    from mmcrossvit import cli
+    from mmcrossvit.paths import RunLayout
+    from mmcrossvit.steps import execute, preprocess, tokens
     root = tmp_path_factory.mktemp("run")
-    out, dbroot = root / "outputs", root / "DataBase"
-    preprocessing.main(["--dataset", str(tiny_dataset), "--name", "tiny", "--outputs", str(out),
-                        "--database-root", str(dbroot)])
-    generate_RoPE_embeddings.main(["--name", "tiny", "--outputs", str(out), "--database-root", str(dbroot)])
-    return tiny_dataset, run_paths("tiny", out, dbroot)
+    run = RunLayout.create(tiny_dataset, "tiny", root / "outputs", root / "DataBase")
+    for step in (preprocess, tokens):
+        execute(step, run, cli.settings(step, "tiny"))
+    return tiny_dataset, run

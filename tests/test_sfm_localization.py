@@ -73,7 +73,7 @@ def test_oracle_localization_recovers_ground_truth(tiny_run):
     import localize
     root, paths = tiny_run
     summary = localize.main(["--dataset", str(root), "--name", "tiny", "--outputs", str(paths.out.parent),
-                             "--retrieval", "oracle", "--tag", "oracle", "--num-retrieved", "10"])
+                             "--retrieval", "oracle", "--oracle-num-retrieved", "10"])
     rows = [json.loads(line) for line in (paths.out / "oracle" / "localization_log.jsonl").read_text().splitlines()]
     gt = Dataset(root).gt_poses
     good = [r for r in rows if r["success"] and r["inliers"] >= 50]

@@ -1,0 +1,123 @@
+"""Every step's settings, in one table: `PRESETS[preset][step]`.
+
+    paper  the authors' settings, for the real Aachen Day-Night on GPUs
+    demo   the synthetic demo scene on 2 CPU cores in minutes (what `make demo` runs)
+    tiny   seconds, for the tests
+
+A step run by hand with `--preset demo` does exactly what `make demo` runs; any explicit flag
+overrides its preset value, and each step records the resolved settings it ran with
+(outputs/<name>/settings/<step>.json). `common` holds what every step shares.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+STEPS = ("generate", "preprocess", "tokens", "teacher", "student", "pairs", "localize", "evaluate")
+
+_PAPER = {
+    "common": dict(seed=0, val_fold=0),
+    # no synthetic scene: the paper preset runs on real data
+    "generate": None,
+    "preprocess": dict(max_image_size=1600, max_num_features=8192, first_octave=-1, peak_threshold=0.02 / 3,
+                       pairs="poses", num_pairs=20, max_pair_angle=60.0, ratio=0.8, max_epipolar_error=4.0,
+                       mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5),
+    "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
+    "teacher": dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,
+                    momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, min_lr_ratio=0.0,
+                    grad_clip=0.0, night_prob=0.5, hflip=0.0, jitter=0.0, val_every=10, eval_batch_size=64,
+                    margin=0.5, negatives="hard", refresh_every=10, hard_temp=0.1),
+    # the KD schedule is ours: the authors published none
+    "student": dict(img_size=240, embed_dim=1000, epochs=500, batch_size=32, optimizer="sgd", lr=1e-4,
+                    momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=5.0, min_lr_ratio=0.0,
+                    grad_clip=0.0, night_prob=0.5, hflip=0.0, jitter=0.0, val_every=10, eval_batch_size=64,
+                    sigma=1.0, delta=1.0),
+    "pairs": dict(num_retrieved=100, num_db_neighbours=200, batch_size=16),
+    # oracle_num_retrieved: candidates per query of the ground-truth retrieval (the ceiling), as
+    # many as the student retrieves
+    "localize": dict(num_retrieved=None, oracle_num_retrieved=100, covisibility=False, ratio=0.8,
+                     ransac_max_error=12.0, min_inliers=12),
+    "evaluate": dict(),
+}
+
+
+def _derive(base: dict, **changes: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for step, values in changes.items():
+        out[step] = None if values is None else {**(out[step] or {}), **values}
+    return out
+
+
+# The synthetic town (datasets/synthetic_town): scene size and rendering.
+_SCENE = dict(supersample=2, street_width=12.0, min_height=8.0, max_height=20.0, query_focal_min=0.65,
+              query_focal_max=1.05, max_distortion=0.03, portrait_fraction=0.2, jpeg_quality=95)
+
+PRESETS: dict[str, dict] = {
+    "paper": _PAPER,
+    # demo: SfM trades features for speed (first octave 0), 7 x 7 token grids (the paper's 14 x 14
+    # at half the image size; 14 x 14 makes each step ~3x slower); training in ~3 CPU minutes each
+    "demo": _derive(
+        _PAPER,
+        generate=dict(_SCENE, num_db=300, num_day=50, num_night=50, width=640, height=480, blocks_x=4,
+                      blocks_y=4, block_size=30.0, num_styles=7, facade_ppm=32.0, ground_ppm=16.0,
+                      detail_ppm=96.0, detail_tile=2048, workers=2),
+        preprocess=dict(first_octave=0, peak_threshold=0.002, max_image_size=1024),
+        tokens=dict(grid=7),
+        teacher=dict(img_size=120, epochs=15, batch_size=16, optimizer="adamw", lr=3e-4, weight_decay=0.05,
+                     schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.01, grad_clip=1.0, hflip=0.5,
+                     jitter=0.2, val_every=3, refresh_every=3),
+        student=dict(img_size=120, epochs=12, batch_size=32, optimizer="adamw", lr=2e-4, weight_decay=0.05,
+                     schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.01, grad_clip=1.0, hflip=0.5,
+                     jitter=0.2, val_every=4),
+        pairs=dict(num_retrieved=20),
+        localize=dict(oracle_num_retrieved=20),
+    ),
+    "tiny": _derive(
+        _PAPER,
+        generate=dict(_SCENE, num_db=40, num_day=5, num_night=5, width=320, height=240, blocks_x=2,
+                      blocks_y=2, block_size=24.0, num_styles=5, facade_ppm=24.0, ground_ppm=12.0,
+                      detail_ppm=64.0, detail_tile=1024, workers=1),
+        preprocess=dict(first_octave=0, num_pairs=10),
+        teacher=dict(img_size=120, embed_dim=32, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3,
+                     schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, hflip=0.5, jitter=0.2, val_every=1,
+                     refresh_every=1),
+        student=dict(img_size=120, embed_dim=32, epochs=2, batch_size=8, optimizer="adamw", lr=5e-4,
+                     warmup_epochs=0.0, schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, hflip=0.5,
+                     jitter=0.2, val_every=1),
+        pairs=dict(num_retrieved=10),
+        localize=dict(oracle_num_retrieved=10),
+    ),
+}
+DEFAULT_PRESET = "demo"
+
+
+def step_settings(preset: str, step: str) -> dict:
+    """The preset's values for one step, `common` included."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
+    values = PRESETS[preset][step]
+    if values is None:
+        raise ValueError(f"preset {preset!r} has no {step!r} settings")
+    return {**PRESETS[preset]["common"], **values}
+
+
+def resolve(preset: str, step: str, overrides: dict | None = None) -> argparse.Namespace:
+    """The settings a step runs with: its preset's values, then `overrides` (explicit flags)."""
+    return argparse.Namespace(**{**step_settings(preset, step), **(overrides or {}), "preset": preset})
+
+
+def epilog(step: str) -> str:
+    """A table of the step's preset values, for --help."""
+    names = [p for p in PRESETS if PRESETS[p][step] is not None]
+    keys = list(step_settings(names[0], step))
+    head = "presets (an explicit flag overrides its preset value):\n  " + " " * 20 + "".join(f"{p:>15}" for p in names)
+    rows = [f"  {k:<20}" + "".join(f"{_fmt(step_settings(p, step).get(k)):>15}" for p in names) for k in keys]
+    return "\n".join([head, *rows])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)

@@ -1,0 +1,24 @@
+"""The pipeline's steps, each a module with `STEP`, `add_args(parser)` and `main(run, cfg)`.
+
+The top-level scripts (preprocessing.py, ...) are their command lines; run_pipeline.py calls
+them in-process through `execute`, which records the resolved settings of every run.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..paths import RunLayout
+from ..storage import write_json
+
+
+def execute(module, run: RunLayout, cfg: argparse.Namespace):
+    """Run one step with its resolved settings, recording them in outputs/<name>/settings/."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_json(run.settings(module.STEP), {"step": module.STEP, "dataset": str(run.dataset), "name": run.name,
+                                           "settings": {k: _plain(v) for k, v in sorted(vars(cfg).items())}})
+    return module.main(run, cfg)
+
+
+def _plain(v):
+    from pathlib import Path
+    return str(v) if isinstance(v, Path) else v

@@ -1,0 +1,140 @@
+"""Step 6: PnP-RANSAC localization of every query, and the benchmark's results file.
+
+For each query: SIFT features (same extractor and settings as the database), mutual nearest
+neighbour + ratio-test matches against each retrieved database image, 2D-3D correspondences
+through the database keypoints' triangulated points, optional covisibility clustering, then
+`pycolmap.estimate_and_refine_absolute_pose` with the query's own camera. A query that cannot be
+localized gets the pose of its top retrieved image (as hloc does) and is listed as failed.
+
+Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy qz tx ty tz",
+world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
+row per query: retrieved images, matches, inliers, time). Interrupted runs resume from the log.
+
+--retrieval oracle replaces the student's retrieval by ground truth: each query's candidates are
+the database images sharing the most 3D points visible from its true pose (the ceiling that
+retrieval can reach; written under the 'oracle' tag); --retrieval all uses every database image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..colmap_io import read_pairs, write_poses
+from ..errors import DataError
+from ..evaluation import oracle_candidates
+from ..features import extract_features, feature_names, stored_config
+from ..geometry import Pose
+from ..layout import GT_POSES, Dataset
+from ..localization import SfMModel, localize_query
+from ..paths import ORACLE_TAG, RunLayout
+from ..storage import write_json
+
+log = logging.getLogger("localize")
+STEP = "localize"
+S = argparse.SUPPRESS
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("localization")
+    g.add_argument("--num-retrieved", type=int, default=S,
+                   help="use only the first K candidates of the pairs file per query (None: all)")
+    g.add_argument("--oracle-num-retrieved", type=int, default=S,
+                   help="candidates per query with --retrieval oracle")
+    g.add_argument("--covisibility", action="store_true", default=S,
+                   help="cluster candidates by covisibility (hloc's option)")
+    g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
+    g.add_argument("--ransac-max-error", type=float, default=S, help="RANSAC inlier threshold in pixels")
+    g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
+    p.add_argument("--retrieval", choices=["pairs", "oracle", "all"], default="pairs",
+                   help="candidates: the retrieval pairs file, ground-truth covisibility (oracle), or every db image")
+    p.add_argument("--pairs", type=Path, default=None, help="pairs file (default outputs/<name>/pairs-query.txt)")
+    p.add_argument("--tag", default=None,
+                   help="write results under outputs/<name>/<tag>/ (default: 'oracle' for the oracle, else none)")
+    p.add_argument("--overwrite", action="store_true", help="ignore the log of an earlier run")
+
+
+def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, list[str]]:
+    queries = ds.queries
+    if cfg.retrieval == "pairs":
+        pairs_path = cfg.pairs or run.pairs_query
+        if not Path(pairs_path).exists():
+            raise DataError(pairs_path, "pairs file not found; run generate_localization_pairs.py first")
+        cands: dict[str, list[str]] = {q: [] for q in queries}
+        for lineno, (q, d) in enumerate(read_pairs(pairs_path), start=1):
+            if q not in queries:
+                raise DataError(pairs_path, f"{q!r} is not a query of {ds.root}", lineno)
+            if d not in model.poses:
+                raise DataError(pairs_path, f"{d!r} is not a database image of the SfM model", lineno)
+            cands[q].append(d)
+        k = cfg.num_retrieved
+    elif cfg.retrieval == "oracle":
+        if ds.gt_poses is None:
+            raise DataError(ds.root / GT_POSES, "the oracle needs ground-truth query poses")
+        cands, k = oracle_candidates(ds, model, cfg.oracle_num_retrieved), None
+    else:
+        cands, k = {q: sorted(model.point3d_ids) for q in queries}, cfg.num_retrieved
+    return {q: c[:k] for q, c in cands.items()} if k else cands
+
+
+def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ds = Dataset(run.dataset)
+    tag = cfg.tag if cfg.tag is not None else (ORACLE_TAG if cfg.retrieval == "oracle" else "")
+    results_path, log_path = run.results_file(tag), run.localization_log(tag)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    if not run.sfm_points.exists():
+        raise DataError(run.sfm, "no SfM model; run preprocessing.py first")
+    model = SfMModel.load(run.sfm)
+    queries = ds.queries
+    cands = candidates(run, cfg, ds, model)
+    empty = [q for q, c in cands.items() if not c]
+    if empty:
+        log.warning("%d queries have no candidates (e.g. %s); they get an identity pose and count as failed",
+                    len(empty), empty[0])
+    # query features, with the database's extraction settings
+    missing = sorted(set(queries) - feature_names(run.features))
+    if missing:
+        log.info("extracting features for %d queries", len(missing))
+        extract_features(ds.images_dir, missing, run.features, stored_config(run.features))
+
+    done: dict[str, dict] = {}
+    if log_path.exists() and not cfg.overwrite:  # resume: rows of completed queries
+        for line in log_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["query"]] = row
+            except (ValueError, KeyError):
+                break  # a torn last line from an interruption
+    with open(log_path, "w" if cfg.overwrite or not done else "a") as logf:
+        if done:  # rewrite cleanly, dropping any torn line
+            logf.seek(0)
+            logf.truncate()
+            logf.writelines(json.dumps(r) + "\n" for r in done.values())
+        for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
+            r = localize_query(q, queries[q].camera, cands[q], model, run.features, cfg.ratio,
+                               cfg.ransac_max_error, cfg.covisibility, cfg.min_inliers, cfg.seed)
+            row = {**r.log_row(), "condition": queries[q].condition,
+                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
+            logf.write(json.dumps(row) + "\n")
+            logf.flush()
+            done[q] = row
+    poses = {Path(q).name: Pose.from_qt(r["qvec"], r["tvec"]) for q, r in sorted(done.items())}
+    write_poses(results_path, poses)
+    failed = sorted(q for q, r in done.items() if not r["success"])
+    times = np.array([sum(r["seconds"].values()) for r in done.values()])
+    summary = {"queries": len(done), "localized": len(done) - len(failed), "failed": failed,
+               "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
+               "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
+                                for k in ("features", "matching", "pnp")} if done else {},
+               "retrieval": cfg.retrieval, "results": str(results_path)}
+    write_json(run.localization_summary(tag), summary)
+    print(f"{summary['localized']}/{summary['queries']} queries localized "
+          f"({len(failed)} fell back to the top retrieved pose) -> {results_path}")
+    if ds.gt_poses is None:
+        print("No ground truth: submit this file at https://www.visuallocalization.net/ (Aachen Day-Night).")
+    return summary

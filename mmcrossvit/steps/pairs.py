@@ -1,0 +1,68 @@
+"""Step 5: retrieval pairs from the distilled student's global descriptors.
+
+Computes student descriptors for database and query images (batched, cached in
+outputs/<name>/descriptors.h5 keyed by image name and tied to the checkpoint), ranks the database
+by inner product (exact), and writes hloc-format pairs:
+  outputs/<name>/pairs-query.txt         "<query> <db>" for the top-K database images of each query
+  outputs/<name>/pairs-db-retrieval.txt  "<db> <db>"   database-to-database neighbours (self excluded)
+  outputs/<name>/retrieval.npz           names, ranked indices and scores, for the evaluation tables
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..colmap_io import write_pairs
+from ..errors import DataError
+from ..layout import Dataset
+from ..paths import RunLayout
+from ..retrieval import compute_descriptors, file_fingerprint, stack, topk
+from ..storage import write_npz
+from ..train.checkpoint import load_model
+
+STEP = "pairs"
+S = argparse.SUPPRESS
+DB_PAIRS_PER_IMAGE = 20  # database-to-database neighbours written to pairs-db-retrieval.txt
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--num-retrieved", type=int, default=S, help="database images per query (K; the authors used 100)")
+    g.add_argument("--num-db-neighbours", type=int, default=S,
+                   help="neighbours ranked per image for the retrieval tables (P@K / Recall@K up to this K)")
+    g.add_argument("--batch-size", type=int, default=S, help="images per forward pass")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="student checkpoint (default outputs/<name>/student/best.pt)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available)")
+
+
+def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
+    ds = Dataset(run.dataset)
+    ckpt = cfg.checkpoint or run.student_checkpoint
+    if not Path(ckpt).exists():
+        raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
+    model = load_model(ckpt, cfg.device)
+    size = model.config["img_size"]
+    db_names = ds.db_names
+    q_names = sorted(ds.queries)
+    if not q_names:
+        raise DataError(ds.root / "queries", "no queries listed")
+    image_paths = {n: ds.image_path(n) for n in db_names + q_names}
+    desc = compute_descriptors(model, image_paths, size, run.descriptors, file_fingerprint(ckpt),
+                               cfg.batch_size, cfg.device)
+    D, Q = stack(desc, db_names), stack(desc, q_names)
+    # rank deeper than K for the retrieval tables; the pairs file keeps the top K
+    q_idx, q_score = topk(Q, D, max(cfg.num_retrieved, cfg.num_db_neighbours))
+    d_idx, d_score = topk(D, D, cfg.num_db_neighbours, exclude_self=True)
+    write_pairs(run.pairs_query, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row[:cfg.num_retrieved]])
+    write_pairs(run.pairs_db_retrieval,
+                [(a, db_names[j]) for a, row in zip(db_names, d_idx) for j in row[:DB_PAIRS_PER_IMAGE]])
+    write_npz(run.retrieval, db_names=np.array(db_names), query_names=np.array(q_names),
+              query_ranked=q_idx, query_scores=q_score, db_ranked=d_idx, db_scores=d_score)
+    k = min(cfg.num_retrieved, int(q_idx.shape[1]))
+    print(f"{len(q_names)} queries x top-{k} of {len(db_names)} database images -> {run.pairs_query}")
+    return {"queries": len(q_names), "k": k}

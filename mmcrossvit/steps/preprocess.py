@@ -1,0 +1,176 @@
+"""Step 1: reference SfM and the spatial-contrastive database.
+
+1. SIFT features (COLMAP's, through pycolmap) for database and query images ->
+   outputs/<name>/features.h5 (queries' features are reused by localization).
+2. Database pairs from the reference poses (or exhaustive) -> outputs/<name>/pairs-db.txt.
+3. Matching, verification against the known poses, and triangulation with the known database
+   poses (hloc's triangulation) -> outputs/<name>/sfm/ (COLMAP text model) and database.db.
+   `--mapper incremental` reconstructs poses too, for datasets without them.
+4. The spatial-contrastive database -> DataBase/<name>/: positives (images sharing >= N points)
+   with their 3D-box IoU, negatives implicitly (images sharing none), k-fold split, CSV lists.
+
+Every part skips when its outputs are complete (atomic writes), unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+
+from .. import sfm, spatial_db
+from ..colmap_io import read_colmap_cameras_poses, read_model_observations, write_pairs
+from ..errors import DataError
+from ..features import SiftConfig, extract_features
+from ..layout import Dataset
+from ..paths import RunLayout
+from ..storage import atomic_path, is_complete, read_json, write_json, write_text
+
+log = logging.getLogger("preprocessing")
+STEP = "preprocess"
+S = argparse.SUPPRESS
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SIFT")
+    g.add_argument("--max-image-size", type=int, default=S, help="downscale images whose longer side exceeds this")
+    g.add_argument("--max-num-features", type=int, default=S, help="keypoints kept per image")
+    g.add_argument("--first-octave", type=int, default=S,
+                   help="COLMAP's first octave: -1 upsamples (more features), 0 is ~10x faster")
+    g.add_argument("--peak-threshold", type=float, default=S, help="SIFT peak threshold (COLMAP's default: 0.00667)")
+    g = p.add_argument_group("matching and SfM")
+    g.add_argument("--pairs", choices=["poses", "exhaustive"], default=S,
+                   help="database pairs: nearest cameras by position and direction, or all pairs")
+    g.add_argument("--num-pairs", type=int, default=S, help="neighbours per image with --pairs poses")
+    g.add_argument("--max-pair-angle", type=float, default=S, help="max angle between viewing directions of a pair (deg)")
+    g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
+    g.add_argument("--max-epipolar-error", type=float, default=S,
+                   help="pixels; matches farther from the epipolar line are dropped")
+    g.add_argument("--mapper", choices=["triangulation", "incremental"], default=S,
+                   help="triangulate with the known poses, or reconstruct poses too (no poses needed)")
+    g = p.add_argument_group("spatial database")
+    g.add_argument("--min-shared", type=int, default=S, help="3D points an image must share with the anchor to be a positive")
+    g.add_argument("--z-thresh", type=float, default=S, help="z-score outlier threshold for the 3D boxes")
+    g.add_argument("--folds", type=int, default=S, help="k-fold split of anchors for validation")
+    p.add_argument("--overwrite", action="store_true", help="recompute every part even if its outputs exist")
+    p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    p.add_argument("--skip-validation", action="store_true", help="do not check that every listed image exists")
+
+
+def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    t0 = time.time()
+    import pycolmap
+    pycolmap.set_random_seed(cfg.seed)  # COLMAP's RANSAC in triangulation and verification
+    sfm.colmap_logging(cfg.verbose)
+    ds = Dataset(run.dataset)
+    run.out.mkdir(parents=True, exist_ok=True)
+    incremental = cfg.mapper == "incremental"
+    if incremental:
+        db_names = sorted(str(p.relative_to(ds.images_dir)) for p in (ds.images_dir / "db").rglob("*")
+                          if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        summary = {"database_images": len(db_names), "queries": len(ds.queries)}
+    else:
+        summary = ds.validate(check_images=not cfg.skip_validation)
+        db_names = ds.db_names
+    log.info("dataset %s: %s", ds.root, summary)
+
+    # 1. features
+    conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold)
+    names = db_names + sorted(ds.queries)
+    feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite)
+    log.info("features: %d extracted, %d already done, %d skipped",
+             feat_summary["extracted"], feat_summary["already_done"], len(feat_summary["skipped"]))
+    skipped_db = {s["image"] for s in feat_summary["skipped"]} & set(db_names)
+
+    # 2-3. pairs, matching, triangulation
+    if cfg.overwrite or not is_complete(run.sfm_points, run.sfm_summary):
+        if incremental:
+            import pycolmap
+            pairs = sfm.pairs_exhaustive(db_names)
+            shutil.rmtree(run.sfm_work, ignore_errors=True)
+            run.sfm_work.mkdir(parents=True)
+            db_path = run.sfm_work / "database.db"
+            intr = ds.root / "3D-models/database_intrinsics.txt"
+            pycolmap.import_images(db_path, ds.images_dir, pycolmap.CameraMode.PER_IMAGE, image_names=db_names)
+            with pycolmap.Database.open(db_path) as db:
+                image_ids = {im.name: im.image_id for im in db.read_all_images()}
+            if intr.exists():
+                log.info("intrinsics from %s are used only as initial guesses by incremental mapping", intr)
+            sfm.import_features(db_path, image_ids, run.features)
+            write_pairs(run.pairs_db, pairs)
+            sfm.match_and_verify(db_path, None, image_ids, pairs, run.features, ratio=cfg.ratio, use_poses=False)
+            pycolmap.verify_matches(db_path, run.pairs_db)
+            rec = sfm.incremental(db_path, ds.images_dir, run.sfm)
+            match_stats = {"pairs": len(pairs)}
+        else:
+            cams, poses = ds.reference
+            poses = {n: p for n, p in poses.items() if n not in skipped_db}
+            if len(poses) < 2:
+                raise DataError(ds.root, f"{len(poses)} usable database image(s): triangulation needs at "
+                                         "least two, so the SfM model would have no 3D points")
+            pairs = (sfm.pairs_from_poses(poses, cfg.num_pairs, cfg.max_pair_angle) if cfg.pairs == "poses"
+                     else sfm.pairs_exhaustive(list(poses)))
+            write_pairs(run.pairs_db, pairs)
+            log.info("%d database pairs -> %s", len(pairs), run.pairs_db)
+            ref = sfm.reference_reconstruction(cams, poses)
+            shutil.rmtree(run.sfm_work, ignore_errors=True)
+            run.sfm_work.mkdir(parents=True)
+            db_path = run.sfm_work / "database.db"
+            image_ids = sfm.create_database(ref, db_path)
+            sfm.import_features(db_path, image_ids, run.features)
+            match_stats = sfm.match_and_verify(db_path, ref, image_ids, pairs, run.features, ratio=cfg.ratio,
+                                               max_error=cfg.max_epipolar_error)
+            rec = sfm.triangulate(ref, db_path, ds.images_dir, run.sfm)
+        shutil.copy2(db_path, run.sfm_database)
+        shutil.rmtree(run.sfm_work, ignore_errors=True)
+        sfm_summary = {**sfm.model_summary(rec), "matching": match_stats}
+        write_json(run.sfm_summary, sfm_summary)
+    else:
+        log.info("SfM model %s is complete; skipping (use --overwrite to redo)", run.sfm)
+    sfm_summary = read_json(run.sfm_summary)
+    log.info("SfM: %s", sfm_summary)
+
+    # 4. spatial-contrastive database
+    if cfg.overwrite or not is_complete(run.spatial_db, run.db_stats):
+        image_points, pids, xyz = read_model_observations(run.sfm)
+        _, model_poses = read_colmap_cameras_poses(run.sfm)
+        names_db = sorted(n for n in model_poses if n in set(db_names))
+        missing = sorted(set(db_names) - set(names_db))
+        if missing:
+            log.warning("%d database images are not in the SfM model (e.g. %s); they are left out",
+                        len(missing), missing[0])
+        if not len(xyz):
+            raise DataError(run.sfm, "the SfM model has no 3D points: matching failed for every pair "
+                                       "(check the images, or --max-epipolar-error / --ratio)")
+        ii, pp = spatial_db.observations(names_db, image_points, pids)
+        db = spatial_db.build(names_db, ii, pp, xyz, min_shared=cfg.min_shared, folds=cfg.folds,
+                              seed=cfg.seed, z_thresh=cfg.z_thresh)
+        db.save(run.spatial_db)
+        rows = np.repeat(np.arange(len(db.names)), np.diff(db.pos_indptr))
+        shared = np.asarray(db.shared[rows, db.pos_indices]).ravel() if len(rows) else np.zeros(0)
+        with atomic_path(run.positives_csv) as tmp:
+            pd.DataFrame({"anchor": db.names[rows], "positive": db.names[db.pos_indices],
+                          "shared_points": shared.astype(int), "iou": db.pos_iou}).to_csv(tmp, index=False)
+        write_text(run.db_images_csv,
+                   "name,fold,num_points\n" + "".join(f"{n},{f},{k}\n" for n, f, k in zip(db.names, db.fold, db.num_points)))
+        write_text(run.query_images_csv,
+                   "name,condition\n" + "".join(f"{q.name},{q.condition}\n" for q in ds.queries.values()))
+        st = {**spatial_db.stats(db), "not_in_model": missing}
+        write_json(run.db_stats, st)
+    else:
+        log.info("spatial database %s is complete; skipping", run.spatial_db)
+    st = read_json(run.db_stats)
+    log.info("spatial database: %s", {k: v for k, v in st.items() if k != "not_in_model"})
+    result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary), "sfm": sfm_summary,
+              "database": st, "seconds": round(time.time() - t0, 1)}
+    write_json(run.preprocessing_summary, result)
+    print(f"preprocessing done in {result['seconds']} s: {sfm_summary['points']} points, "
+          f"{sfm_summary['registered_images']} images, mean track {sfm_summary['mean_track_length']:.2f}, "
+          f"reprojection error {sfm_summary['mean_reprojection_error']:.2f} px; "
+          f"{st['positives_per_anchor']['mean']:.1f} positives per anchor")
+    return result
+
