@@ -71,20 +71,44 @@ class SiftExtractor:
 
 def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: SiftConfig,
                      overwrite: bool = False) -> dict:
-    """Extract features for `names` into `out_path`, skipping images already complete there.
+    """Extract features for `names` into `out_path`, skipping images already done there with the
+    same settings from the same file (size and mtime): changed settings or a replaced image
+    re-extract, and images that could not be read are retried on every run.
 
     Unreadable images are skipped with a warning, stored with no keypoints and an `error`
     attribute, and listed in the returned summary.
     """
+    from .records import stamp
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite and out_path.exists():
         out_path.unlink()
     _drop_if_corrupt(out_path)
+    conf_json = json.dumps(asdict(conf))
     extractor = None
-    skipped, done = [], 0
+    skipped = []
     with h5py.File(out_path, "a") as f:
-        todo = [n for n in names if not (n in f and f[n].attrs.get("done", False))]
-        done = len(names) - len(todo)
+        why = {}
+        for n in names:
+            p = Path(image_dir) / n
+            st = stamp(p) if p.is_file() else "missing"
+            if n not in f or not f[n].attrs.get("done", False):
+                reason = "new"
+            elif f[n].attrs.get("error", ""):
+                reason = "unreadable before: retrying"
+            elif f[n].attrs.get("config") != conf_json:
+                reason = "SIFT settings changed"
+            elif f[n].attrs.get("image_stamp") != st:
+                reason = "image changed on disk"
+            else:
+                continue
+            why[n] = (reason, st)
+        todo = [n for n in names if n in why]
+        counts = {}
+        for r, _ in why.values():
+            counts[r] = counts.get(r, 0) + 1
+        again = {r: c for r, c in counts.items() if r != "new"}
+        if again:
+            log.info("re-extracting features: %s", ", ".join(f"{r} for {c} images" for r, c in again.items()))
         for name in tqdm(todo, desc="SIFT", unit="img", disable=not todo):
             if extractor is None:
                 extractor = SiftExtractor(conf)
@@ -103,13 +127,30 @@ def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: Si
             for k, v in feats.items():
                 g.create_dataset(k, data=v)
             g.attrs["error"] = err
-            g.attrs["config"] = json.dumps(asdict(conf))
+            g.attrs["config"] = conf_json
+            g.attrs["image_stamp"] = why[name][1]
             g.attrs["done"] = True
             f.flush()
-        for name in names:  # failures recorded by an earlier, interrupted run
-            if name not in todo and f[name].attrs.get("error", ""):
-                skipped.append({"image": name, "reason": str(f[name].attrs["error"])})
-    return {"extracted": len(todo), "already_done": done, "skipped": skipped}
+    return {"extracted": len(todo), "already_done": len(names) - len(todo), "skipped": skipped}
+
+
+def failed_images(path: Path) -> dict[str, str]:
+    """{image: reason} of the images a features file recorded as unreadable."""
+    out: dict[str, str] = {}
+    if not Path(path).exists():
+        return out
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, str(o.attrs["error"]))
+                     if isinstance(o, h5py.Group) and o.attrs.get("error", "") else None)
+    return out
+
+
+def features_digest(path: Path, names: list[str]) -> str:
+    """A fingerprint of the features of `names` (settings and source-image stamps), cheap to take."""
+    from .records import digest
+    with h5py.File(path, "r") as f:
+        return digest([(n, str(f[n].attrs.get("config", "")), str(f[n].attrs.get("image_stamp", "")),
+                        str(f[n].attrs.get("error", ""))) if n in f else (n, None) for n in names])
 
 
 def _drop_if_corrupt(path: Path) -> None:
@@ -169,3 +210,13 @@ def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
         ok &= nn10[nn01] == torch.arange(len(d0))
     i0 = torch.nonzero(ok).squeeze(1)
     return torch.stack([i0, nn01[i0]], 1).numpy()
+
+
+def feature_stamps(path: Path, names) -> dict[str, str]:
+    """{image: what its stored features came from (settings, source-file stamp, error)}."""
+    from .records import digest
+    if not Path(path).exists():
+        return {n: "" for n in names}
+    with h5py.File(path, "r") as f:
+        return {n: digest([str(f[n].attrs.get(k, "")) for k in ("config", "image_stamp", "error")]) if n in f else ""
+                for n in names}

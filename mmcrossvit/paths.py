@@ -16,6 +16,9 @@
     outputs/<name>/[<tag>/]Pose_Estimation_Results.txt, localization_log.jsonl, localization_summary.json
     outputs/<name>/evaluation.json, evaluation.md, timings.json
     outputs/<name>/settings/<step>.json        the resolved settings each step ran with
+    outputs/<name>/.lock                       pid, host and command of the run now executing
+    outputs/<name>/records/<part>.json         what each finished part was computed from
+    DataBase/<name>/records/<part>.json        (the same, for the spatial DB and the tokens)
 
 No script joins its own paths: they all come from a `RunLayout`.
 """
@@ -202,3 +205,14 @@ class RunLayout:
 
     def settings(self, step: str) -> Path:
         return self.out / "settings" / f"{step}.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a step of this run executes (mmcrossvit/runlock.py): one run at a time."""
+        return self.out / ".lock"
+
+    def record(self, part: str) -> Path:
+        """What a finished part of a step was computed from (mmcrossvit/records.py); the parts
+        stored under DataBase/<name> keep their records there."""
+        root = self.database if part in ("spatial_db", "tokens") else self.out
+        return root / "records" / f"{part}.json"

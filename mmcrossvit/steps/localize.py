@@ -27,7 +27,8 @@ from tqdm import tqdm
 from ..colmap_io import read_pairs, write_poses
 from ..errors import DataError
 from ..evaluation import oracle_candidates
-from ..features import extract_features, feature_names, stored_config
+from .. import records
+from ..features import extract_features, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset
 from ..localization import SfMModel, localize_query
@@ -55,7 +56,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=Path, default=None, help="pairs file (default outputs/<name>/pairs-query.txt)")
     p.add_argument("--tag", default=None,
                    help="write results under outputs/<name>/<tag>/ (default: 'oracle' for the oracle, else none)")
-    p.add_argument("--overwrite", action="store_true", help="ignore the log of an earlier run")
+    p.add_argument("--overwrite", action="store_true", help="ignore the log of an earlier run (rows whose inputs "
+                   "changed are recomputed anyway)")
 
 
 def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, list[str]]:
@@ -81,6 +83,19 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
     return {q: c[:k] for q, c in cands.items()} if k else cands
 
 
+def _read_log(path: Path) -> dict[str, dict]:
+    """Rows of an earlier run's log by query; a torn last line (an interruption) ends it."""
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["query"]] = row
+            except (ValueError, KeyError):
+                break
+    return done
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ds = Dataset(run.dataset)
@@ -96,30 +111,33 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if empty:
         log.warning("%d queries have no candidates (e.g. %s); they get an identity pose and count as failed",
                     len(empty), empty[0])
-    # query features, with the database's extraction settings
-    missing = sorted(set(queries) - feature_names(run.features))
-    if missing:
-        log.info("extracting features for %d queries", len(missing))
-        extract_features(ds.images_dir, missing, run.features, stored_config(run.features))
+    # query features, with the database's extraction settings (new, changed or unreadable ones again)
+    extract_features(ds.images_dir, sorted(queries), run.features, stored_config(run.features))
 
-    done: dict[str, dict] = {}
-    if log_path.exists() and not cfg.overwrite:  # resume: rows of completed queries
-        for line in log_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["query"]] = row
-            except (ValueError, KeyError):
-                break  # a torn last line from an interruption
-    with open(log_path, "w" if cfg.overwrite or not done else "a") as logf:
-        if done:  # rewrite cleanly, dropping any torn line
-            logf.seek(0)
-            logf.truncate()
-            logf.writelines(json.dumps(r) + "\n" for r in done.values())
+    # each log row carries the key of what produced it: its candidates, the settings, the model
+    # and the query's features; rows whose key still matches are reused, the rest recomputed
+    settings = {k: getattr(cfg, k) for k in ("ratio", "ransac_max_error", "covisibility", "min_inliers", "seed")}
+    base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
+    feats = feature_stamps(run.features, list(queries))
+    keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
+    done = {} if cfg.overwrite else _read_log(log_path)
+    stale = {q: r for q, r in done.items() if q in queries and r.get("key") != keys[q]}
+    dropped = sorted(set(done) - set(queries))
+    if stale or dropped:
+        moved = sum(r.get("retrieved") != cands[q] for q, r in stale.items())
+        parts = ([f"pairs changed for {moved} queries"] if moved else []) + \
+                ([f"settings, model or features changed for {len(stale) - moved}"] if len(stale) > moved else []) + \
+                ([f"{len(dropped)} queries no longer listed (dropped)"] if dropped else [])
+        print(f"{'; '.join(parts)}: re-localizing {len(stale)} queries")
+    done = {q: r for q, r in done.items() if q in queries and q not in stale}
+    with open(log_path, "w") as logf:  # rewritten cleanly: no torn, stale or dropped row survives
+        logf.writelines(json.dumps(r) + "\n" for r in done.values())
+        logf.flush()
         for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
             r = localize_query(q, queries[q].camera, cands[q], model, run.features, cfg.ratio,
                                cfg.ransac_max_error, cfg.covisibility, cfg.min_inliers, cfg.seed)
             row = {**r.log_row(), "condition": queries[q].condition,
-                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
+                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q]}
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row

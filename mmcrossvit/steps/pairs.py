@@ -17,6 +17,7 @@ import torch
 
 from ..colmap_io import write_pairs
 from ..errors import DataError
+from ..features import failed_images
 from ..layout import Dataset
 from ..paths import RunLayout
 from ..retrieval import compute_descriptors, file_fingerprint, stack, topk
@@ -47,10 +48,15 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
     model = load_model(ckpt, cfg.device)
     size = model.config["img_size"]
-    db_names = ds.db_names
-    q_names = sorted(ds.queries)
-    if not q_names:
+    if not ds.queries:
         raise DataError(ds.root / "queries", "no queries listed")
+    # images that preprocessing could not read: no descriptor, no pairs (such a query still gets
+    # a pose line from localization, counted as failed)
+    bad = failed_images(run.features)
+    db_names = [n for n in ds.db_names if n not in bad]
+    q_names = [q for q in sorted(ds.queries) if q not in bad]
+    if bad:
+        print(f"{len(bad)} unreadable images left out of retrieval (e.g. {next(iter(bad))}: {next(iter(bad.values()))})")
     image_paths = {n: ds.image_path(n) for n in db_names + q_names}
     desc = compute_descriptors(model, image_paths, size, run.descriptors, file_fingerprint(ckpt),
                                cfg.batch_size, cfg.device)

@@ -24,8 +24,9 @@ import pandas as pd
 from .. import sfm, spatial_db
 from ..colmap_io import read_colmap_cameras_poses, read_model_observations, write_pairs
 from ..errors import DataError
-from ..features import SiftConfig, extract_features
-from ..layout import Dataset
+from .. import records
+from ..features import SiftConfig, extract_features, failed_images, features_digest
+from ..layout import DB_INTRINSICS, NVM, REFERENCE, Dataset
 from ..paths import RunLayout
 from ..storage import atomic_path, is_complete, read_json, write_json, write_text
 
@@ -84,10 +85,19 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite)
     log.info("features: %d extracted, %d already done, %d skipped",
              feat_summary["extracted"], feat_summary["already_done"], len(feat_summary["skipped"]))
-    skipped_db = {s["image"] for s in feat_summary["skipped"]} & set(db_names)
+    skipped_db = set(failed_images(run.features)) & set(db_names)  # excluded by every later step
 
-    # 2-3. pairs, matching, triangulation
-    if cfg.overwrite or not is_complete(run.sfm_points, run.sfm_summary):
+    # 2-3. pairs, matching, triangulation: keyed by the database features and reference poses
+    sfm_settings = {k: getattr(cfg, k) for k in ("pairs", "num_pairs", "max_pair_angle", "ratio",
+                                                 "max_epipolar_error", "mapper", "seed")}
+    sfm_inputs = {"features": features_digest(run.features, db_names),
+                  **{str(p): records.fingerprint(ds.root / p) for p in (NVM, DB_INTRINSICS, REFERENCE)}}
+    sfm_key = records.make_key(sfm_settings, sfm_inputs)
+    sfm_done = is_complete(run.sfm_points, run.sfm_summary)
+    if cfg.overwrite or not (sfm_done and records.matches(run.record("sfm"), sfm_key)):
+        if sfm_done and not cfg.overwrite:
+            log.info("SfM model %s is stale (%s): recomputing it", run.sfm,
+                     records.changed(run.record("sfm"), sfm_settings, sfm_inputs))
         if incremental:
             import pycolmap
             pairs = sfm.pairs_exhaustive(db_names)
@@ -129,13 +139,22 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         shutil.rmtree(run.sfm_work, ignore_errors=True)
         sfm_summary = {**sfm.model_summary(rec), "matching": match_stats}
         write_json(run.sfm_summary, sfm_summary)
+        records.write(run.record("sfm"), sfm_key, sfm_settings, sfm_inputs)
     else:
         log.info("SfM model %s is complete; skipping (use --overwrite to redo)", run.sfm)
     sfm_summary = read_json(run.sfm_summary)
     log.info("SfM: %s", sfm_summary)
 
-    # 4. spatial-contrastive database
-    if cfg.overwrite or not is_complete(run.spatial_db, run.db_stats):
+    # 4. spatial-contrastive database: keyed by the SfM model and its own settings
+    db_settings = {k: getattr(cfg, k) for k in ("min_shared", "z_thresh", "folds", "seed")}
+    db_inputs = {"sfm": sfm_key, "db_names": records.digest(db_names),
+                 "queries": records.digest(sorted((q.name, q.condition) for q in ds.queries.values()))}
+    db_key = records.make_key(db_settings, db_inputs)
+    db_done = is_complete(run.spatial_db, run.db_stats)
+    if cfg.overwrite or not (db_done and records.matches(run.record("spatial_db"), db_key)):
+        if db_done and not cfg.overwrite:
+            log.info("spatial database %s is stale (%s): rebuilding it", run.spatial_db,
+                     records.changed(run.record("spatial_db"), db_settings, db_inputs))
         image_points, pids, xyz = read_model_observations(run.sfm)
         _, model_poses = read_colmap_cameras_poses(run.sfm)
         names_db = sorted(n for n in model_poses if n in set(db_names))
@@ -161,11 +180,13 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                    "name,condition\n" + "".join(f"{q.name},{q.condition}\n" for q in ds.queries.values()))
         st = {**spatial_db.stats(db), "not_in_model": missing}
         write_json(run.db_stats, st)
+        records.write(run.record("spatial_db"), db_key, db_settings, db_inputs)
     else:
         log.info("spatial database %s is complete; skipping", run.spatial_db)
     st = read_json(run.db_stats)
     log.info("spatial database: %s", {k: v for k, v in st.items() if k != "not_in_model"})
-    result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary), "sfm": sfm_summary,
+    result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary),
+              "unreadable_images": failed_images(run.features), "sfm": sfm_summary,
               "database": st, "seconds": round(time.time() - t0, 1)}
     write_json(run.preprocessing_summary, result)
     print(f"preprocessing done in {result['seconds']} s: {sfm_summary['points']} points, "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import records
 from .. import spatial_tokens as st
 from ..colmap_io import read_colmap_cameras_poses, read_model_observations
 from ..errors import DataError
@@ -44,11 +45,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> Path:
     out = cfg.output or run.tokens
-    if is_complete(out) and not cfg.overwrite:
-        print(f"{out} exists; skipping (use --overwrite to redo)")
-        return out
     if not is_complete(run.sfm_points):
         raise DataError(run.sfm, "no SfM model; run preprocessing.py first")
+    settings = {k: getattr(cfg, k) for k in ("mode", "grid", "dim", "ray_depth", "pos_ratio", "rot_ratio")}
+    inputs = {"sfm": records.upstream(run.record("sfm"), run.sfm_points),
+              "spatial_db": records.upstream(run.record("spatial_db"), run.spatial_db)}
+    key = records.make_key(settings, inputs)
+    if is_complete(out) and not cfg.overwrite:
+        if records.matches(run.record(STEP), key):
+            print(f"{out} is up to date; skipping (use --overwrite to redo)")
+            return out
+        print(f"{out} is stale ({records.changed(run.record(STEP), settings, inputs)}): recomputing it")
     cams, poses = read_colmap_cameras_poses(run.sfm)
     obs, pids, xyz = read_model_observations(run.sfm)
     from ..spatial_db import SpatialDB
@@ -79,6 +86,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> Path:
                       metadata={"names": json.dumps(names), "params": json.dumps(params)})
     print(f"{len(names)} images, {G}x{G} patches, D={cfg.dim}, mode={cfg.mode}: "
           f"{valid.mean() * 100:.1f}% of patches have 3D points -> {out}")
+    records.write(run.record(STEP), key, settings, inputs)
     k = int(np.argmax(valid.sum(1)))  # the sample with the most observed patches
     _plot_sample(run, names[k], points[k], valid[k], G, norm, out.with_name(out.stem + "_sample.png"))
     return out
