@@ -7,11 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets.synthetic_town import (GROUND, SKY, build_scene, generate, render, rotation_from_angles, trace,
-                                     undistort)
+from datasets.synthetic_town import NON_CONTENT, build_scene, generate, render, rotation_from_angles
+from datasets.synthetic_town.lens import distort, undistort
+from datasets.synthetic_town.trace import GROUND, SKY, trace
 from mmcrossvit.colmap_io import CameraSpec, read_intrinsics
 from mmcrossvit.geometry import Pose, fundamental_from_poses
 from mmcrossvit.layout import Dataset
+from mmcrossvit.presets import PRESETS
 from mmcrossvit.storage import read_json
 
 MINI = dict(blocks_x=1, blocks_y=1, num_db=4, num_day=1, num_night=1, width=96, height=72, detail_tile=256)
@@ -180,7 +182,16 @@ def test_trace_labels_surfaces(scene, view_pair):
 def test_undistort_matches_pycolmap():
     cam = CameraSpec("SIMPLE_RADIAL", 320, 240, (250.0, 158.0, 123.0, -0.03))
     uv = np.random.default_rng(0).uniform([0, 0], [320, 240], (500, 2))
-    assert np.allclose(undistort(cam, uv), cam.to_pycolmap().cam_from_img(uv), atol=1e-9)
+    xy = undistort(cam, uv)
+    assert np.allclose(xy, cam.to_pycolmap().cam_from_img(uv), atol=1e-9)
+    # the renderer's lens is pycolmap's, so also check it against COLMAP's SIMPLE_RADIAL formula
+    # written out here: u = f x (1 + k r^2) + cx
+    f, cx, cy, k = cam.params
+    r2 = (xy ** 2).sum(1, keepdims=True)
+    assert np.abs(f * xy * (1 + k * r2) + [cx, cy] - uv).max() < 1e-6
+    assert np.abs(distort(cam, xy) - uv).max() < 1e-6
+    with pytest.raises(ValueError):
+        undistort(CameraSpec("OPENCV_FISHEYE", 320, 240, (250.0, 250.0, 160.0, 120.0, 0.1, 0.0, 0.0, 0.0)), uv)
 
 
 # ------------------------------------------------------------------------------- dataset
@@ -192,6 +203,8 @@ def test_tiny_dataset_layout(tiny_dataset, scene):
     assert summary["ground_truth"] == 10
     meta = read_json(tiny_dataset / "scene.json")
     assert meta["counts"] == {"db": 40, "day": 5, "night": 5} and meta["seed"] == 0
+    # the scene parameters come from the project's one preset table
+    assert meta["params"] == {k: v for k, v in PRESETS["tiny"]["generate"].items() if k not in NON_CONTENT}
     assert (tiny_dataset / "contact_sheet.png").is_file()
     cams, poses = ds.reference
     assert all(c.model == "SIMPLE_RADIAL" and c.params[3] == 0.0 for c in cams.values())
