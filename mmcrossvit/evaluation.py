@@ -38,13 +38,33 @@ def localization_table(estimates: dict[str, Pose], truth: dict[str, Pose], condi
 
 
 def load_results(path: Path, ds):
-    """{query name: pose} of a results file in the benchmark's format (basenames mapped back)."""
-    by_base = {Path(q).name: q for q in ds.queries}
+    """{query name: pose} of a results file in the benchmark's format. Names are basenames (the
+    benchmark's and hloc's convention) or names relative to images/images_upright/. A missing or
+    empty file, or a name that is not a query of `ds`, is a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "results file not found")
+    by_base: dict[str, str | None] = {}
+    for q in ds.queries:
+        by_base[Path(q).name] = None if Path(q).name in by_base else q  # None: two queries share it
     est = read_poses(path)
-    unknown = sorted(set(est) - set(by_base))
-    if unknown:
-        raise DataError(path, f"{len(unknown)} results are not queries of {ds.root}, e.g. {unknown[0]!r}")
-    return {by_base[b]: p for b, p in est.items()}
+    if not est:
+        raise DataError(path, "empty results file: no poses to evaluate")
+    out = {}
+    for name, pose in est.items():
+        q = name if name in ds.queries else by_base.get(name)
+        if q is None:
+            why = "matches several queries" if name in by_base else f"is not a query of {ds.root}"
+            raise DataError(path, f"{name!r} {why}")
+        if q in out:
+            raise DataError(path, f"query {q!r} has two poses")
+        out[q] = pose
+    return out
+
+
+def missing_queries(estimates: dict, truth: dict) -> list[str]:
+    """Queries with a true pose but no estimate (sorted): localization_table counts them failed."""
+    return sorted(set(truth) - set(estimates))
 
 
 def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=EVAL_KS) -> dict:
@@ -78,12 +98,17 @@ def visible_points(camera: CameraSpec, pose: Pose, xyz: np.ndarray, cell: int = 
     return front[z <= zmin[b] * (1 + slack)]
 
 
+def _num(v, fmt: str, unit: str = "") -> str:
+    """A table cell; '-' for None (how strict JSON stores NaN and inf) and NaN, 'inf' stays."""
+    return "-" if v is None or v != v else format(v, fmt) + unit
+
+
 def format_localization(table: dict, title: str) -> str:
     lines = [f"| {title} | n | (0.25m, 2°) | (0.5m, 5°) | (5m, 10°) | median m | median ° |",
              "|---|---|---|---|---|---|---|"]
     for c, r in table.items():
-        lines.append(f"| {c} | {r['n']} | " + " | ".join(f"{v:.1f}%" for v in r["recall"])
-                     + f" | {r['median_m']:.3f} | {r['median_deg']:.2f} |")
+        lines.append(f"| {c} | {r['n']} | " + " | ".join(_num(v, ".1f", "%") for v in r["recall"])
+                     + f" | {_num(r['median_m'], '.3f')} | {_num(r['median_deg'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -94,7 +119,7 @@ def format_retrieval(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         P = {int(k): v for k, v in r["P"].items()}
         R = {int(k): v for k, v in r["R"].items()}
-        cell = lambda d, k: f"{d[k]:.3f}" if k in d else "-"  # noqa: E731 (K beyond the ranked list)
+        cell = lambda d, k: _num(d[k], ".3f") if k in d else "-"  # noqa: E731 (K beyond the ranked list)
         lines.append(f"| {name} | {r['anchors']} | " + " | ".join(cell(P, k) for k in ks) + " | "
                      + " | ".join(cell(R, k) for k in ks) + " |")
     return "\n".join(lines)

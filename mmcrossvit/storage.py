@@ -2,16 +2,41 @@
 
 Every writer goes through `atomic_path`: data lands in a temporary file beside the target and
 is renamed into place, so an interrupted step never leaves a half file that a later step trusts.
+The file gets the mode a plain open() would give it (0666 minus the umask), not mkstemp's 0600.
+JSON is strict: NaN and infinities are written as null, never as tokens other parsers reject.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read per call so that a umask set after import is honoured.
+
+    Linux reports it in /proc/self/status, which reads it without changing it. Elsewhere the only
+    way is os.umask's set-and-restore, which is process-wide: a lock keeps our own callers from
+    interleaving (a thread creating files outside this module in that instant could still see it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,6 +50,8 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp made it 0600; outputs are shared like any file the user's tools write
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -37,20 +64,33 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_to_builtin) + "\n")
+    """Strict JSON (allow_nan=False): non-finite floats become null, numpy values plain ones."""
+    text = json.dumps(to_json(obj), indent=2, sort_keys=False, allow_nan=False, default=_unknown)
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
-def _to_builtin(o):
-    if isinstance(o, np.generic):
-        return o.item()
+def to_json(o):
+    """`o` with numpy values, paths and tuples made plain, and NaN / +-inf made None."""
+    if isinstance(o, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): to_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [to_json(v) for v in o]
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return to_json(o.tolist())
+    if isinstance(o, np.generic):
+        return to_json(o.item())
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
     if isinstance(o, Path):
         return str(o)
+    return o
+
+
+def _unknown(o):
     raise TypeError(f"cannot serialise {type(o).__name__}")
 
 

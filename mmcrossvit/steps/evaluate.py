@@ -7,14 +7,24 @@ database size) for held-out database anchors (positives: images sharing >= N 3D 
 training) and for queries (positives: database images sharing >= N of the 3D points visible from
 the query's true pose).
 
-Writes outputs/<name>/evaluation.json and evaluation.md.
+--results [LABEL=]PATH (repeatable) adds any results file in the benchmark's format, e.g.
+hloc's, beside the run's own (which are included when present); with --results the run needs no
+outputs of its own. A query with no pose in a file counts as a failure, and the report says how
+many there were and names the first few. Nothing to evaluate, an empty or absent results file, or
+a run name with no outputs folder (a typo) is an error naming what it looked for.
+
+Writes outputs/<name>/evaluation.json (strict JSON: a median of unlocalized queries, inf, is
+null) and evaluation.md.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
 from ..errors import DataError
 from ..evaluation import (EVAL_KS, format_localization, format_retrieval, load_results, localization_table,
-                          query_positives, retrieval_metrics)
+                          missing_queries, query_positives, retrieval_metrics)
 from ..layout import GT_POSES, Dataset
 from ..localization import SfMModel
 from ..paths import RunLayout
@@ -23,10 +33,48 @@ from ..storage import read_npz, write_json, write_text
 
 STEP = "evaluate"
 S = argparse.SUPPRESS
+RUN_RESULTS = {"student retrieval": "results", "oracle retrieval": "oracle_results"}  # label: RunLayout path
+NAMED_MISSING = 5  # missing queries named in the report
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fold", type=int, default=S, help="fold whose anchors are held out (as in training)")
+    p.add_argument("--results", action="append", default=[], metavar="[LABEL=]PATH",
+                   help="also evaluate this results file in the benchmark's format ('<basename> qw qx qy qz tx "
+                        "ty tz', e.g. hloc's), its table titled LABEL (default: the path); repeatable; the "
+                        "run's own results are evaluated too when present")
+
+
+def given_results(cfg: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The --results files as (label, path); LABEL=PATH unless the whole text names a file."""
+    out = []
+    for spec in getattr(cfg, "results", None) or []:
+        label, sep, rest = str(spec).partition("=")
+        if sep and label and rest and "/" not in label and not Path(spec).exists():
+            out.append((label, Path(rest)))
+        else:
+            out.append((str(spec), Path(spec)))
+    return out
+
+
+def check(run: RunLayout, cfg: argparse.Namespace) -> None:
+    """Before anything is written (steps.execute): ground truth, the --results files, the run folder."""
+    ds = Dataset(run.dataset)
+    if ds.gt_poses is None:
+        raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
+    given = given_results(cfg)
+    labels = list(RUN_RESULTS)
+    for label, path in given:
+        if not path.is_file():
+            raise DataError(path, "results file not found (--results)")
+        if label in labels:
+            raise DataError(path, f"table title {label!r} is taken; pass --results OTHER_TITLE={path}")
+        labels.append(label)
+    if not given and not run.out.is_dir():
+        runs = sorted(p.name for p in run.outputs.iterdir() if p.is_dir()) if run.outputs.is_dir() else []
+        hint = f"runs there: {', '.join(runs[:10])}" if runs else "nothing has been run there yet"
+        raise DataError(run.out, f"no outputs of run {run.name!r} in this folder; check --name and --outputs "
+                                 f"({hint})")
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
@@ -34,13 +82,26 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if ds.gt_poses is None:
         raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
     conditions = {q: v.condition for q, v in ds.queries.items()}
-    report: dict = {"localization": {}, "retrieval": {}}
+    sources = [(label, getattr(run, attr)) for label, attr in RUN_RESULTS.items() if getattr(run, attr).exists()]
+    sources += given_results(cfg)
+    if not sources and not run.retrieval.exists():
+        raise DataError(run.results, "no results file to evaluate (and no retrieval); run localize.py first, "
+                                     "or name one with --results")
+    report: dict = {"localization": {}, "retrieval": {}, "results": {}}
     md = [f"# Evaluation of `{run.name}`\n"]
-    for label, path in (("student retrieval", run.results), ("oracle retrieval", run.oracle_results)):
-        if path.exists():
-            table = localization_table(load_results(path, ds), ds.gt_poses, conditions)
-            report["localization"][label] = table
-            md += [format_localization(table, label), ""]
+    for label, path in sources:
+        est = load_results(path, ds)
+        missing = missing_queries(est, ds.gt_poses)
+        table = localization_table(est, ds.gt_poses, conditions)
+        report["localization"][label] = table
+        report["results"][label] = {"file": str(path), "poses": len(est), "queries": len(ds.gt_poses),
+                                    "missing": len(missing), "missing_first": missing[:NAMED_MISSING]}
+        md += [format_localization(table, label), ""]
+        if missing:
+            note = (f"{len(missing)} of {len(ds.gt_poses)} queries have no pose in {path} (counted as failures), "
+                    f"e.g. {', '.join(missing[:NAMED_MISSING])}")
+            print(f"warning: {note}", file=sys.stderr, flush=True)
+            md += [f"**Warning:** {note}", ""]
     if run.retrieval.exists():
         r = read_npz(run.retrieval)
         db_names = [str(n) for n in r["db_names"]]
