@@ -24,6 +24,7 @@ from pathlib import Path
 from mmcrossvit import cli, presets
 from mmcrossvit.layout import GT_POSES
 from mmcrossvit.paths import RunLayout
+from mmcrossvit.runlock import run_lock
 from mmcrossvit.storage import write_json
 
 STEP_NAMES = ("generate", "preprocess", "tokens", "teacher", "student", "pairs", "localize", "oracle", "evaluate")
@@ -45,7 +46,6 @@ def step_modules() -> dict:
 
 
 def main(argv=None) -> dict:
-    from mmcrossvit.steps import execute
     args = parse_args(argv)
     seed = getattr(args, "seed", presets.PRESETS[args.preset]["common"]["seed"])
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
@@ -56,6 +56,19 @@ def main(argv=None) -> dict:
         print(f"== generate: synthetic scene of preset {args.generate or args.preset} -> {args.dataset}", flush=True)
         generate(args.dataset, preset=args.generate or args.preset, seed=seed)
         timings["generate"] = round(time.time() - t, 1)
+    with run_lock(run):  # the whole chain, not just each step: no other run slips in between
+        timings.update(_run_steps(args, run, seed))
+    timings["total"] = round(sum(timings.values()), 1)
+    write_json(run.timings, timings)
+    print("\nstep times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    if not (Path(args.dataset) / GT_POSES).exists():
+        print(f"Results: {run.results} — no ground truth here; submit it to the Visual Localization Benchmark.")
+    return timings
+
+
+def _run_steps(args, run: RunLayout, seed: int) -> dict:
+    from mmcrossvit.steps import execute
+    timings = {}
     modules = step_modules()
     names = list(modules)
     start = names.index(args.from_step) if args.from_step else 0
@@ -77,11 +90,6 @@ def main(argv=None) -> dict:
             raise
         timings[name] = round(time.time() - t, 1)
         print(f"== {name}: {timings[name]} s", flush=True)
-    timings["total"] = round(sum(timings.values()), 1)
-    write_json(run.timings, timings)
-    print("\nstep times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    if not has_gt:
-        print(f"Results: {run.results} — no ground truth here; submit it to the Visual Localization Benchmark.")
     return timings
 
 

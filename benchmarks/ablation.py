@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     md = ["| model | " + " | ".join(keys) + " | epochs | train s | img/s |", "|---|" + "---|" * (len(keys) + 3)]
     for label, r in table.items():
         b = r["best"] or {}
-        md.append(f"| {label} | " + " | ".join(f"{b[k]:.3f}" if k in b else "-" for k in keys)
+        md.append(f"| {label} | " + " | ".join(f"{b[k]:.3f}" if b.get(k) is not None else "-" for k in keys)
                   + f" | {r['epochs']} | {r['train_seconds']:.0f} | {r['images_per_s']} |")
     text = (f"Held-out fold validation on `{run.name}` (preset `{args.preset}`): Recall@K of held-out database "
             "anchors among all database images; `night_` = the anchors night-simulated.\n\n" + "\n".join(md) + "\n")
