@@ -19,11 +19,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmcrossvit import training as T  # noqa: E402
-from mmcrossvit.paths import run_paths  # noqa: E402
+from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
 from mmcrossvit.storage import write_json, write_text  # noqa: E402
-from models.crossvit import load_model  # noqa: E402
+from mmcrossvit.train.checkpoint import load_model  # noqa: E402
+from mmcrossvit.train.data import ImageCache, load_spatial_tokens, split_folds  # noqa: E402
+from mmcrossvit.train.distributed import setup  # noqa: E402
+from mmcrossvit.train.validation import retrieval  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -35,14 +37,13 @@ def main(argv=None) -> dict:
     p.add_argument("--val-fold", type=int, default=0, help="held-out fold (as in training)")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results", help="where the table goes")
     args = p.parse_args(argv)
-    name = args.name or args.dataset.resolve().name
-    paths = run_paths(name, args.outputs, args.database_root)
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     torch.manual_seed(0)
-    model = load_model(paths.teacher / "best.pt")
-    db = SpatialDB.load(paths.spatial_db)
-    tokens, valid, _ = T.load_spatial_tokens(paths.tokens, db.names)
-    cache = T.ImageCache.build(args.dataset, db.names, model.config["img_size"], paths.out / "cache", T.setup("cpu"))
-    _, val = T.split_folds(db, args.val_fold)
+    model = load_model(run.teacher_checkpoint)
+    db = SpatialDB.load(run.spatial_db)
+    tokens, valid, _ = load_spatial_tokens(run.tokens, db.names)
+    cache = ImageCache.build(run.dataset, db.names, model.config["img_size"], run.cache, setup("cpu"))
+    _, val = split_folds(db, args.val_fold)
     variants = {
         "real tokens": (tokens, valid),
         "all tokens zeroed (image branch only)": (torch.zeros_like(tokens), torch.zeros_like(valid)),
@@ -53,10 +54,10 @@ def main(argv=None) -> dict:
         for label, (tk, vd) in variants.items():
             emb = torch.cat([model(cache.batch(range(s, min(s + 32, len(db.names)))),
                                    tk[s:s + 32].float(), vd[s:s + 32]) for s in range(0, len(db.names), 32)])
-            m = T.retrieval(emb, val, db)
+            m = retrieval(emb, val, db)
             out[label] = {f"R@{k}": v for k, v in m["R"].items()}
     keys = list(next(iter(out.values())))
-    md = [f"Teacher `{paths.teacher / 'best.pt'}`, held-out fold {args.val_fold} of `{name}`:\n",
+    md = [f"Teacher `{run.teacher_checkpoint}`, held-out fold {args.val_fold} of `{run.name}`:\n",
           "| teacher input | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     md += [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in keys) + " |" for k, v in out.items()]
     text = "\n".join(md) + "\n"

@@ -10,27 +10,23 @@ heads emit an `embed_dim` descriptor. `forward` returns the two branch heads ave
   image patches (a G x G grid plus a camera token, encoded elsewhere).
 
 Every model carries `.config`, the keyword arguments that rebuild it (`build_model(**config)`),
-so a checkpoint can record its architecture. Checkpoints never go through pickle.
+so a checkpoint can record its architecture. This module imports nothing from the project:
+reading and writing weights is mmcrossvit/train/checkpoint.py's job (`load_model`, `load_init`,
+`load_pretrained_timm`), and bad shapes here raise ValueError.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
-from pathlib import Path
 from typing import Optional
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import trunc_normal_
 from timm.models.crossvit import CrossVit, scale_image
-
-from mmcrossvit.errors import DataError
 
 __all__ = [
     'Student', 'Teacher', 'SpatialTokenEmbed', 'build_student', 'build_teacher', 'build_model',
-    'load_pretrained_timm', 'load_init', 'read_state_dict',
 ]
 
 # timm's crossvit_tiny_240, minus image size and classes
@@ -184,149 +180,3 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     if arch not in builders:
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(builders)}")
     return builders[arch](**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# weight loading
-
-
-def _fit_pos_embed(src: torch.Tensor, dst: torch.Tensor) -> Optional[torch.Tensor]:
-    """Resample a (1, 1 + g*g, C) position embedding onto dst's square grid; None if impossible."""
-    if src.ndim != 3 or src.shape[0] != 1 or src.shape[2] != dst.shape[2]:
-        return None
-    g_src, g_dst = math.isqrt(src.shape[1] - 1), math.isqrt(dst.shape[1] - 1)
-    if g_src ** 2 != src.shape[1] - 1 or g_dst ** 2 != dst.shape[1] - 1:
-        return None
-    return resample_abs_pos_embed(src, new_size=[g_dst, g_dst], old_size=[g_src, g_src], num_prefix_tokens=1)
-
-
-def _match(src: dict, own: dict, resample: bool):
-    """Split src into loadable tensors and the reasons the rest cannot load."""
-    loadable, mismatched = {}, []
-    for k, v in src.items():
-        if k not in own:
-            continue
-        if v.shape != own[k].shape and resample and k.startswith('pos_embed_'):
-            fitted = _fit_pos_embed(v.float(), own[k])
-            v = v if fitted is None else fitted
-        if v.shape == own[k].shape:
-            loadable[k] = v
-        else:
-            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
-    missing = [k for k in own if k not in src]
-    unexpected = [k for k in src if k not in own]
-    return loadable, mismatched, missing, unexpected
-
-
-def _short(items: list, n: int = 4) -> str:
-    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-
-
-def load_pretrained_timm(model: nn.Module) -> dict:
-    """Copy ImageNet crossvit_tiny_240 weights (timm / HF hub) into a Student or Teacher.
-
-    Copies every tensor whose name and shape match; position embeddings of other grid sizes are
-    resampled (bicubic). Heads load only when embed_dim is 1000. The teacher's spatial-token
-    embedding stays as initialised. Returns {'loaded': [...], 'skipped': [...]}.
-    Raises RuntimeError when the weights cannot be had (they need internet); offline, the hub
-    client retries for ~45 s first unless HF_HUB_OFFLINE=1 is set.
-    """
-    try:
-        src = timm.create_model('crossvit_tiny_240', pretrained=True)
-    except Exception as e:  # network, hub or cache failures all mean the same thing here
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise RuntimeError(
-            "could not get ImageNet weights for timm 'crossvit_tiny_240': they are downloaded from "
-            "the Hugging Face hub and need internet (or a populated HF cache). Start from a local "
-            f"checkpoint with --init-from PATH instead, or train from scratch. Cause: {cause}") from e
-    loadable, mismatched, _, unexpected = _match(src.state_dict(), model.state_dict(), resample=True)
-    model.load_state_dict(loadable, strict=False)
-    return {'loaded': sorted(loadable), 'skipped': sorted(unexpected + [m.split(':')[0] for m in mismatched])}
-
-
-def read_state_dict(path: str | Path) -> tuple[dict, Optional[dict]]:
-    """(state dict, saved config or None) from a .safetensors file or a torch checkpoint.
-
-    torch files are read with weights_only=True; a dict with a 'model' (or 'state_dict') entry
-    or a bare state dict are accepted; 'module.' / '_orig_mod.' prefixes (DDP, torch.compile)
-    are stripped. A config is taken from a 'config' entry or safetensors metadata 'config' (JSON).
-    """
-    import json
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    config = None
-    if path.suffix == '.safetensors':
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework='pt', device='cpu') as f:
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-                meta = f.metadata() or {}
-        except Exception as e:
-            raise DataError(path, f"not a readable safetensors file ({e})") from e
-        if 'config' in meta:
-            try:
-                config = json.loads(meta['config'])
-            except ValueError:
-                config = None
-    else:
-        try:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise DataError(path, f"not a readable torch checkpoint with weights_only=True ({e})") from e
-        if not isinstance(obj, dict):
-            raise DataError(path, f"expected a state dict or a dict with 'model', got {type(obj).__name__}")
-        if isinstance(obj.get('config'), dict):
-            config = obj['config']
-        for key in ('model', 'state_dict'):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        sd = obj
-    if not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
-        raise DataError(path, "holds no state dict (expected tensors by name, bare or under 'model')")
-    out = {}
-    for k, v in sd.items():
-        for prefix in ('module.', '_orig_mod.'):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out, config
-
-
-def load_init(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Initialise `model` from a local checkpoint; returns {'loaded', 'missing', 'unexpected', 'mismatched'}.
-
-    strict=True: every tensor must match by name and shape, else a ValueError naming the file
-    (e.g. another model or embedding size). strict=False: load what matches by name and shape
-    (position embeddings resampled to the model's grid), e.g. a teacher -> student init loads
-    branch 0, the blocks, norms and heads, but not the teacher's `token_embed` (and the student's
-    `patch_embed.1` stays as initialised); ValueError if nothing matches at all.
-    """
-    sd, saved_config = read_state_dict(path)
-    loadable, mismatched, missing, unexpected = _match(sd, model.state_dict(), resample=not strict)
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing from checkpoint: {_short(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): {_short(unexpected)}")
-    target = getattr(model, 'config', type(model).__name__)
-    saved = f" (checkpoint config: {saved_config})" if saved_config else ""
-    if (strict and problems) or not loadable:
-        raise DataError(path, f"checkpoint does not fit model {target}{saved}: "
-                              + ("; ".join(problems) if problems else "no tensors"))
-    model.load_state_dict(loadable, strict=False)
-    return {'loaded': sorted(loadable), 'missing': missing, 'unexpected': unexpected,
-            'mismatched': mismatched}
-
-
-def load_model(path: str | Path, device: str | torch.device = 'cpu') -> nn.Module:
-    """Rebuild a model from a checkpoint that records its `.config`, load it strictly, eval mode."""
-    sd, config = read_state_dict(path)
-    if not config or 'arch' not in config:
-        raise DataError(path, "checkpoint records no model config; rebuild the model and use load_init")
-    model = build_model(**config)
-    load_init(model, path, strict=True)
-    return model.to(device).eval()

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
-from models.crossvit import (build_model, build_student, build_teacher,
-                             load_init, load_pretrained_timm)
+from mmcrossvit.train.checkpoint import load_init, load_pretrained_timm
+from models.crossvit import build_model, build_student, build_teacher
 
 torch.set_num_threads(2)
 
@@ -286,3 +286,14 @@ def test_load_pretrained_timm_copies_weights(monkeypatch):
     s = build_student(S_IMG, EMB)
     report = load_pretrained_timm(s)
     assert 'head.0.weight' in report['skipped'] and 'patch_embed.1.proj.weight' in report['loaded']
+
+
+def test_models_import_nothing_from_the_project():
+    """models/ stays a plain model library: weight reading lives in mmcrossvit/train/checkpoint.py."""
+    import ast
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[1] / "models" / "crossvit.py"
+    mods = [n.module if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in n.names]
+    assert not [m for m in mods if m and m.split(".")[0] in ("mmcrossvit", "models")]

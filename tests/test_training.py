@@ -1,4 +1,4 @@
-"""Training scripts and their shared machinery, on a small synthetic spatial DB (seconds on CPU).
+"""Training steps and their shared machinery, on a small synthetic spatial DB (seconds on CPU).
 
 The fixture writes what preprocessing and generate_RoPE_embeddings would: 24 database images in
 4 places (images of a place share 3D points: positives; different places share none: negatives),
@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmcrossvit import spatial_db, training as T
+from mmcrossvit import spatial_db
 from mmcrossvit.errors import DataError
-from mmcrossvit.paths import run_paths
+from mmcrossvit.paths import RunLayout
 from mmcrossvit.storage import write_safetensors
+from mmcrossvit.train import checkpoint, negatives, optim, validation
 
 REPO = Path(__file__).resolve().parents[1]
 PLACES, PER_PLACE, GRID, TOK = 4, 6, 3, 16
@@ -41,14 +42,14 @@ def make_run(root: Path, name: str = "toy") -> dict:
         pp.append(pts)
     xyz = np.concatenate([rng.normal(loc=10 * p, scale=1.0, size=(40, 3)) for p in range(PLACES)])
     db = spatial_db.build(names, np.concatenate(ii), np.concatenate(pp), xyz, min_shared=8, folds=3, seed=0)
-    paths = run_paths(name, root / "outputs", root / "DataBase")
+    dataset = root / "dataset"
+    paths = RunLayout.create(dataset, name, root / "outputs", root / "DataBase")
     db.save(paths.spatial_db)
     tokens = rng.normal(size=(len(names), 1 + GRID * GRID, TOK)).astype(np.float16)
     valid = (rng.random((len(names), GRID * GRID)) > 0.2).astype(np.uint8)
     write_safetensors(paths.tokens, {"tokens": torch.from_numpy(tokens), "valid": torch.from_numpy(valid),
                                      "points": torch.zeros(len(names), GRID * GRID, 3)},
                       metadata={"names": json.dumps(names), "params": json.dumps({"grid": GRID, "dim": TOK})})
-    dataset = root / "dataset"
     colours = rng.integers(0, 255, (PLACES, 3))
     for i, n in enumerate(names):
         img = np.clip(colours[i // PER_PLACE] + rng.normal(0, 25, (64, 64, 3)), 0, 255).astype(np.uint8)
@@ -89,7 +90,7 @@ def assert_same_tensors(a: dict, b: dict):
 def teacher(run):
     """A tiny teacher at the default place, where the student looks for it."""
     teacher_main(run["args"] + FAST)
-    return run["paths"].teacher / "best.pt"
+    return run["paths"].teacher_checkpoint
 
 
 # --- pieces ------------------------------------------------------------------------------------
@@ -97,16 +98,16 @@ def teacher(run):
 def test_negative_weights_hard_favours_close_authors_far():
     d = np.array([[0.2, 0.6, 1.0, 1.4, 0.1]])
     mask = np.array([[True, True, True, True, False]])
-    hard = T.negative_weights(d, mask, "hard", tau=0.1)[0]
-    authors = T.negative_weights(d, mask, "authors")[0]
-    uniform = T.negative_weights(d, mask, "uniform")[0]
+    hard = negatives.negative_weights(d, mask, "hard", tau=0.1)[0]
+    authors = negatives.negative_weights(d, mask, "authors")[0]
+    uniform = negatives.negative_weights(d, mask, "uniform")[0]
     for w in (hard, authors, uniform):
         assert w[4] == 0 and np.isclose(w.sum(), 1)
     assert np.all(np.diff(hard[:4]) < 0)       # closer negative, more likely
     assert np.all(np.diff(authors[:4]) > 0)    # farther negative, more likely
     np.testing.assert_allclose(uniform[:4], 0.25)
-    np.testing.assert_allclose(T.negative_weights(None, mask, "hard")[0], uniform)  # before any refresh
-    assert not T.negative_weights(d, np.zeros_like(mask), "hard").any()
+    np.testing.assert_allclose(negatives.negative_weights(None, mask, "hard")[0], uniform)  # before any refresh
+    assert not negatives.negative_weights(d, np.zeros_like(mask), "hard").any()
 
 
 def test_sample_negatives_respects_the_db_and_mines_close_ones(run):
@@ -116,7 +117,7 @@ def test_sample_negatives_respects_the_db_and_mines_close_ones(run):
     allowed[:3] = False
     anchors = np.repeat(np.arange(n), 50)
     emb = torch.nn.functional.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(0)), dim=1)
-    picks = {m: T.sample_negatives(np.random.default_rng(0), anchors, db, allowed, emb, m, tau=0.05)
+    picks = {m: negatives.sample_negatives(np.random.default_rng(0), anchors, db, allowed, emb, m, tau=0.05)
              for m in ("hard", "authors", "uniform")}
     for m, neg in picks.items():
         assert (neg >= 3).all(), m                                       # never outside the allowed folds
@@ -147,12 +148,12 @@ def test_retrieval_recall_and_precision(run):
     place = np.arange(n) // PER_PLACE
     gallery = torch.nn.functional.one_hot(torch.from_numpy(place), PLACES).float()
     gallery = gallery + 0.01 * torch.randn(n, PLACES, generator=torch.Generator().manual_seed(0))
-    m = T.retrieval(gallery, np.arange(n), db)
+    m = validation.retrieval(gallery, np.arange(n), db)
     assert m["anchors"] == n and m["R"][1] == 1.0 and m["R"][5] == 1.0
     assert m["P"][5] == 1.0 and np.isclose(m["P"][10], (PER_PLACE - 1) / 10)
     shuffled = gallery[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
-    assert T.retrieval(shuffled, np.arange(n), db)["R"][1] < 1.0
-    night = T.retrieval(gallery, np.arange(4), db, queries=gallery[:4])
+    assert validation.retrieval(shuffled, np.arange(n), db)["R"][1] < 1.0
+    night = validation.retrieval(gallery, np.arange(4), db, queries=gallery[:4])
     assert night["R"][1] == 1.0 and night["anchors"] == 4
 
 
@@ -173,7 +174,7 @@ def test_a_few_steps_reduce_both_losses(one_thread):
     teacher = build_teacher(48, grid=GRID, token_dim=TOK, embed_dim=32)
     x, tok = torch.randn(8, 3, 48, 48, generator=g), torch.randn(8, 1 + GRID * GRID, TOK, generator=g)
     y = torch.tensor([1.0, 0.8, 0.0, 0.0])
-    opt = T.make_optimizer(teacher, "adamw", 1e-3, 0.0, 0.9)
+    opt = optim.make_optimizer(teacher, "adamw", 1e-3, 0.0, 0.9)
 
     def teacher_loss():
         e = teacher(x, tok)
@@ -181,30 +182,30 @@ def test_a_few_steps_reduce_both_losses(one_thread):
 
     first = teacher_loss().item()
     for _ in range(8):
-        T.optimizer_step(teacher, opt, None, teacher_loss(), grad_clip=1.0)
+        optim.optimizer_step(teacher, opt, None, teacher_loss(), grad_clip=1.0)
     assert teacher_loss().item() < 0.5 * first
 
     # the distillation loss on the same small model (the student itself runs in the script tests)
     torch.manual_seed(1)
     model = build_teacher(48, grid=GRID, token_dim=TOK, embed_dim=32)
     target = torch.nn.functional.normalize(torch.randn(8, 32, generator=g), dim=1)
-    opt = T.make_optimizer(model, "adamw", 1e-4, 0.0, 0.9)  # the KD loss needs a small lr at init
+    opt = optim.make_optimizer(model, "adamw", 1e-4, 0.0, 0.9)  # the KD loss needs a small lr at init
     first = relaxed_contrastive_loss(model(x, tok), target).item()
     for _ in range(10):
-        T.optimizer_step(model, opt, None, relaxed_contrastive_loss(model(x, tok), target), grad_clip=1.0)
+        optim.optimizer_step(model, opt, None, relaxed_contrastive_loss(model(x, tok), target), grad_clip=1.0)
     assert relaxed_contrastive_loss(model(x, tok), target).item() < 0.9 * first
 
 
 def test_lr_schedule():
     s = {"kind": "cosine", "lr": 1.0, "min_ratio": 0.1, "warmup_steps": 2, "total_steps": 12}
-    lrs = [T.lr_at(i, s) for i in range(12)]
+    lrs = [optim.lr_at(i, s) for i in range(12)]
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0.1
-    assert T.lr_at(100, s) == pytest.approx(0.1)
-    assert T.lr_at(5, {**s, "kind": "constant"}) == 1.0
+    assert optim.lr_at(100, s) == pytest.approx(0.1)
+    assert optim.lr_at(5, {**s, "kind": "constant"}) == 1.0
 
 
-# --- the scripts -----------------------------------------------------------------------------------
+# --- the steps, through their scripts -----------------------------------------------------------------------------------
 
 def test_teacher_resume_reproduces_the_uninterrupted_run(run, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -228,10 +229,10 @@ def test_teacher_resume_reproduces_the_uninterrupted_run(run, tmp_path):
 
 
 def test_checkpoints_load_with_weights_only_and_rebuild(teacher):
-    from models.crossvit import load_model
+    from mmcrossvit.train.checkpoint import load_model
     for name in ("best.pt", "last.pt"):
         ck = state_of(teacher.parent / name)
-        assert ck["format"] == T.FORMAT and ck["kind"] == "teacher"
+        assert ck["format"] == checkpoint.FORMAT and ck["kind"] == "teacher"
         assert ck["config"] == {"arch": "teacher", "img_size": 48, "grid": GRID, "token_dim": TOK,
                                 "embed_dim": 32, "drop_path_rate": 0.0}
         assert {"optimizer", "epoch", "step", "rng", "args", "best", "schedule"} <= ck.keys()
@@ -246,14 +247,14 @@ def test_checkpoint_of_another_embedding_size_is_rejected(run, teacher):
     with pytest.raises(DataError, match=r"embed_dim: checkpoint 32 vs this run 16"):
         teacher_main(run["args"] + FAST + ["--resume", "--embed-dim", "16"])
     with pytest.raises(DataError, match="embed_dim"):
-        T.load_checkpoint(teacher, "teacher", {**state_of(teacher)["config"], "embed_dim": 1000})
+        checkpoint.load_checkpoint(teacher, "teacher", {**state_of(teacher)["config"], "embed_dim": 1000})
     with pytest.raises(DataError, match="not a student run"):
-        T.load_checkpoint(teacher, "student")
+        checkpoint.load_checkpoint(teacher, "student")
 
 
 def test_image_only_ablation(run):
     s = teacher_main(run["args"] + FAST + ["--img-size", "120", "--image-only", "--epochs", "1"])
-    out = run["paths"].out / "image_only"
+    out = run["paths"].train_dir("image_only")
     assert s["kind"] == "image_only" and (out / "best.pt").exists()
     assert state_of(out / "best.pt")["config"]["arch"] == "student"
 

@@ -1,0 +1,312 @@
+"""Checkpoints: the one place that writes and reads model weights.
+
+Training checkpoints (`last.pt`, `best.pt` of a training folder, written atomically, readable
+with weights_only=True: only tensors and plain Python types):
+    format     'mmcrossvit-train-1'
+    kind       'teacher' | 'image_only' | 'student'
+    config     model.config (arch, img_size, embed_dim, ...): `load_model` rebuilds the model from it
+    model      state dict (float32, no 'module.' prefix)
+    optimizer, scaler (None unless fp16 AMP), schedule (dict), epoch (completed), step
+    best       {'epoch', 'R@1', 'R@5', ...} or None; metrics (last validation)
+    rng        per-rank global RNG states; args (plain dict); extra (step state, e.g. the
+               embeddings behind the current hard negatives)
+Resuming into a model of another config (embedding size, image size, grid, ...) is refused with
+a message that names the differing fields. Every torch file goes through `read_torch`
+(weights_only=True), so no checkpoint can run code when loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.crossvit import build_model
+
+from ..errors import DataError
+from ..storage import atomic_path, read_json
+from .distributed import Dist, barrier, cleanup, unwrap
+from .rng import restore_rng, seed_all
+
+FORMAT = 'mmcrossvit-train-1'
+
+
+@dataclass(frozen=True)
+class TrainDir:
+    """The files of one training folder (outputs/<name>/<kind>/, or --out)."""
+    root: Path
+
+    @property
+    def last(self) -> Path:
+        return self.root / 'last.pt'
+
+    @property
+    def best(self) -> Path:
+        return self.root / 'best.pt'
+
+    @property
+    def summary(self) -> Path:
+        return self.root / 'summary.json'
+
+    @property
+    def tb(self) -> Path:
+        return self.root / 'tb'
+
+
+def plain(obj):
+    """Args / metrics as JSON- and weights_only-safe builtins."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def read_torch(path: str | Path, what: str = "torch checkpoint"):
+    """torch.load(weights_only=True): tensors and plain types only; anything else is a DataError."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise DataError(path, f"not a readable {what} ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# training checkpoints
+
+def check_config(saved: dict, model_config: dict, path: Path) -> None:
+    diff = {k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k)}
+    if diff:
+        fields = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs this run {model_config.get(k)!r}" for k in sorted(diff))
+        raise DataError(path, f"checkpoint is of another model ({fields}); use the flags/preset it was trained "
+                              f"with, another --out, or --overwrite to start over")
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, *, kind: str, epoch: int, step: int,
+                    schedule: dict, best, metrics, rng: list, args, extra: Optional[dict] = None) -> None:
+    raw = unwrap(model)
+    state = {'format': FORMAT, 'kind': kind, 'config': dict(raw.config),
+             'model': {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+                       for k, v in raw.state_dict().items()},
+             'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else None,
+             'schedule': dict(schedule), 'epoch': int(epoch), 'step': int(step), 'best': plain(best),
+             'metrics': plain(metrics), 'rng': rng, 'args': plain(args), 'extra': extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, kind: Optional[str] = None, config: Optional[dict] = None) -> dict:
+    ck = read_torch(path, "training checkpoint")
+    if not isinstance(ck, dict) or ck.get('format') != FORMAT:
+        raise DataError(path, f"not a training checkpoint of this project (format {FORMAT!r})")
+    if kind is not None and ck['kind'] != kind:
+        raise DataError(path, f"holds a {ck['kind']} run, not a {kind} run")
+    if config is not None:
+        check_config(ck['config'], config, path)
+    return ck
+
+
+def restore(ck: dict, model: nn.Module, optimizer, scaler, d: Dist) -> None:
+    """Model, optimiser, loss scaler and this rank's RNG states from a checkpoint."""
+    unwrap(model).load_state_dict(ck['model'])
+    optimizer.load_state_dict(ck['optimizer'])
+    if scaler is not None and ck.get('scaler'):
+        scaler.load_state_dict(ck['scaler'])
+    if len(ck['rng']) == d.world:
+        restore_rng(ck['rng'][d.rank])
+    else:  # another process count: nothing to restore per rank; data randomness does not depend on it
+        seed_all(ck['args']['seed'] + 7919 * ck['epoch'], d.rank)
+
+
+def save_epoch(out: TrainDir, model, optimizer, scaler, best: Optional[dict], completed: int, **ck) -> None:
+    """last.pt every epoch; best.pt when this epoch's validation is the best so far."""
+    ck = dict(best=best, epoch=completed, **ck)
+    if best is not None and best.get('epoch') == completed:
+        save_checkpoint(out.best, model, optimizer, scaler, **ck)
+    save_checkpoint(out.last, model, optimizer, scaler, **ck)
+
+
+def start_or_resume(out: TrainDir, cfg, d: Dist) -> tuple[str, Optional[Path]]:
+    """('fresh' | 'resume' | 'done', checkpoint): what to do with the training folder."""
+    if cfg.overwrite:
+        if d.main:
+            for f in (out.last, out.best, out.summary):
+                f.unlink(missing_ok=True)
+            shutil.rmtree(out.tb, ignore_errors=True)
+        barrier(d)
+        return 'fresh', None
+    if out.last.exists():
+        if cfg.resume:
+            return 'resume', out.last
+        if out.summary.exists() and read_json(out.summary).get('finished'):
+            return 'done', out.last
+        raise DataError(out.root, "holds an unfinished run (last.pt): pass --resume to continue it or --overwrite "
+                                  "to start over")
+    return 'fresh', None
+
+
+def finished_summary(out: TrainDir, state: str, kind: str, d: Dist, log) -> Optional[dict]:
+    """The summary of a finished run in `out` (after start_or_resume said 'done'), else None."""
+    if state != 'done':
+        return None
+    log(f"{out.root} holds a finished {kind} run; skipping (use --overwrite to retrain, or --resume with more --epochs)")
+    cleanup(d)
+    return read_json(out.summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# model weights: any checkpoint, safetensors file or timm's ImageNet weights into a model
+
+def read_state_dict(path: str | Path) -> tuple[dict, Optional[dict]]:
+    """(state dict, saved config or None) from a .safetensors file or a torch checkpoint.
+
+    A dict with a 'model' (or 'state_dict') entry or a bare state dict are accepted; 'module.' /
+    '_orig_mod.' prefixes (DDP, torch.compile) are stripped. A config is taken from a 'config'
+    entry or safetensors metadata 'config' (JSON).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    config = None
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt', device='cpu') as f:
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+                meta = f.metadata() or {}
+        except Exception as e:
+            raise DataError(path, f"not a readable safetensors file ({e})") from e
+        if 'config' in meta:
+            try:
+                config = json.loads(meta['config'])
+            except ValueError:
+                config = None
+    else:
+        obj = read_torch(path, "torch checkpoint with weights_only=True")
+        if not isinstance(obj, dict):
+            raise DataError(path, f"expected a state dict or a dict with 'model', got {type(obj).__name__}")
+        if isinstance(obj.get('config'), dict):
+            config = obj['config']
+        for key in ('model', 'state_dict'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        sd = obj
+    if not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise DataError(path, "holds no state dict (expected tensors by name, bare or under 'model')")
+    out = {}
+    for k, v in sd.items():
+        for prefix in ('module.', '_orig_mod.'):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out, config
+
+
+def _fit_pos_embed(src: torch.Tensor, dst: torch.Tensor) -> Optional[torch.Tensor]:
+    """Resample a (1, 1 + g*g, C) position embedding onto dst's square grid; None if impossible."""
+    from timm.layers import resample_abs_pos_embed
+    if src.ndim != 3 or src.shape[0] != 1 or src.shape[2] != dst.shape[2]:
+        return None
+    g_src, g_dst = math.isqrt(src.shape[1] - 1), math.isqrt(dst.shape[1] - 1)
+    if g_src ** 2 != src.shape[1] - 1 or g_dst ** 2 != dst.shape[1] - 1:
+        return None
+    return resample_abs_pos_embed(src, new_size=[g_dst, g_dst], old_size=[g_src, g_src], num_prefix_tokens=1)
+
+
+def _match(src: dict, own: dict, resample: bool):
+    """Split src into loadable tensors and the reasons the rest cannot load."""
+    loadable, mismatched = {}, []
+    for k, v in src.items():
+        if k not in own:
+            continue
+        if v.shape != own[k].shape and resample and k.startswith('pos_embed_'):
+            fitted = _fit_pos_embed(v.float(), own[k])
+            v = v if fitted is None else fitted
+        if v.shape == own[k].shape:
+            loadable[k] = v
+        else:
+            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+    missing = [k for k in own if k not in src]
+    unexpected = [k for k in src if k not in own]
+    return loadable, mismatched, missing, unexpected
+
+
+def _short(items: list, n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def load_init(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
+    """Initialise `model` from a local checkpoint; returns {'loaded', 'missing', 'unexpected', 'mismatched'}.
+
+    strict=True: every tensor must match by name and shape, else a ValueError naming the file
+    (e.g. another model or embedding size). strict=False: load what matches by name and shape
+    (position embeddings resampled to the model's grid), e.g. a teacher -> student init loads
+    branch 0, the blocks, norms and heads, but not the teacher's `token_embed` (and the student's
+    `patch_embed.1` stays as initialised); ValueError if nothing matches at all.
+    """
+    sd, saved_config = read_state_dict(path)
+    loadable, mismatched, missing, unexpected = _match(sd, model.state_dict(), resample=not strict)
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched)}")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing from checkpoint: {_short(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_short(unexpected)}")
+    target = getattr(model, 'config', type(model).__name__)
+    saved = f" (checkpoint config: {saved_config})" if saved_config else ""
+    if (strict and problems) or not loadable:
+        raise DataError(path, f"checkpoint does not fit model {target}{saved}: "
+                              + ("; ".join(problems) if problems else "no tensors"))
+    model.load_state_dict(loadable, strict=False)
+    return {'loaded': sorted(loadable), 'missing': missing, 'unexpected': unexpected,
+            'mismatched': mismatched}
+
+
+def load_model(path: str | Path, device: str | torch.device = 'cpu') -> nn.Module:
+    """Rebuild a model from a checkpoint that records its `.config`, load it strictly, eval mode."""
+    sd, config = read_state_dict(path)
+    if not config or 'arch' not in config:
+        raise DataError(path, "checkpoint records no model config; rebuild the model and use load_init")
+    try:
+        model = build_model(**config)
+    except (TypeError, ValueError) as e:
+        raise DataError(path, f"checkpoint config {config} does not build a model ({e})") from e
+    load_init(model, path, strict=True)
+    return model.to(device).eval()
+
+
+def load_pretrained_timm(model: nn.Module) -> dict:
+    """Copy ImageNet crossvit_tiny_240 weights (timm / HF hub) into a Student or Teacher.
+
+    Copies every tensor whose name and shape match; position embeddings of other grid sizes are
+    resampled (bicubic). Heads load only when embed_dim is 1000. The teacher's spatial-token
+    embedding stays as initialised. Returns {'loaded': [...], 'skipped': [...]}.
+    Raises RuntimeError when the weights cannot be had (they need internet); offline, the hub
+    client retries for ~45 s first unless HF_HUB_OFFLINE=1 is set.
+    """
+    import timm
+    try:
+        src = timm.create_model('crossvit_tiny_240', pretrained=True)
+    except Exception as e:  # network, hub or cache failures all mean the same thing here
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise RuntimeError(
+            "could not get ImageNet weights for timm 'crossvit_tiny_240': they are downloaded from "
+            "the Hugging Face hub and need internet (or a populated HF cache). Start from a local "
+            f"checkpoint with --init-from PATH instead, or train from scratch. Cause: {cause}") from e
+    loadable, mismatched, _, unexpected = _match(src.state_dict(), model.state_dict(), resample=True)
+    model.load_state_dict(loadable, strict=False)
+    return {'loaded': sorted(loadable), 'skipped': sorted(unexpected + [m.split(':')[0] for m in mismatched])}
