@@ -19,6 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mmcrossvit import cli, presets  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
 from mmcrossvit.storage import write_json, write_text  # noqa: E402
@@ -30,20 +31,17 @@ from mmcrossvit.train.validation import retrieval  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", type=Path, required=True, help="dataset the run was trained on")
-    p.add_argument("--name", help="run name (default: dataset folder name)")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="root of per-run outputs")
-    p.add_argument("--database-root", type=Path, default=Path("DataBase"), help="root of the spatial databases")
-    p.add_argument("--val-fold", type=int, default=0, help="held-out fold (as in training)")
+    cli.add_run_args(p)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks/results", help="where the table goes")
     args = p.parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    val_fold = presets.step_settings(args.preset, "teacher")["val_fold"]  # the teacher's held-out fold
     torch.manual_seed(0)
     model = load_model(run.teacher_checkpoint)
     db = SpatialDB.load(run.spatial_db)
     tokens, valid, _ = load_spatial_tokens(run.tokens, db.names)
     cache = ImageCache.build(run.dataset, db.names, model.config["img_size"], run.cache, setup("cpu"))
-    _, val = split_folds(db, args.val_fold)
+    _, val = split_folds(db, val_fold)
     variants = {
         "real tokens": (tokens, valid),
         "all tokens zeroed (image branch only)": (torch.zeros_like(tokens), torch.zeros_like(valid)),
@@ -57,7 +55,7 @@ def main(argv=None) -> dict:
             m = retrieval(emb, val, db)
             out[label] = {f"R@{k}": v for k, v in m["R"].items()}
     keys = list(next(iter(out.values())))
-    md = [f"Teacher `{run.teacher_checkpoint}`, held-out fold {args.val_fold} of `{run.name}`:\n",
+    md = [f"Teacher `{run.teacher_checkpoint}`, held-out fold {val_fold} of `{run.name}`:\n",
           "| teacher input | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     md += [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in keys) + " |" for k, v in out.items()]
     text = "\n".join(md) + "\n"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+TINY_RUN_PRESET = "paper"  # the settings of the `tiny_run` fixture's steps
+
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
@@ -13,12 +15,13 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dataset, tmp_path_factory):
-    """Steps 1-2 (preprocess, tokens) of the tiny preset, in-process; returns (dataset, RunLayout)."""
+    """Steps 1-2 (preprocess, tokens) on the tiny dataset with the paper's SfM settings (denser
+    than the tiny preset's, for the localization tests), in-process; returns (dataset, RunLayout)."""
     from mmcrossvit import cli
     from mmcrossvit.paths import RunLayout
     from mmcrossvit.steps import execute, preprocess, tokens
     root = tmp_path_factory.mktemp("run")
     run = RunLayout.create(tiny_dataset, "tiny", root / "outputs", root / "DataBase")
     for step in (preprocess, tokens):
-        execute(step, run, cli.settings(step, "tiny"))
+        execute(step, run, cli.settings(step, TINY_RUN_PRESET))
     return tiny_dataset, run

@@ -70,7 +70,7 @@ def test_one_definition_of_paths_and_run_names():
         if re.search(r'Path\("(outputs|DataBase)"\)|\.resolve\(\)\.name|run_paths', text):
             offenders.append(str(p.relative_to(REPO)))
     # layout.Dataset.name is the dataset's own folder name, not a run name
-    assert offenders == ["mmcrossvit/layout.py"] or offenders == [], offenders
+    assert offenders in (["mmcrossvit/layout.py"], []), offenders
 
 
 @pytest.mark.parametrize("script", sorted(set(SCRIPTS.values()) | {"run_pipeline.py", "localize_hloc.py"}))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,9 +73,16 @@ def test_feature_extraction_survives_bad_images(tmp_path):
     n_good = len(read_features(out, good)["keypoints"])
     assert n_good > 50
     assert abs(len(read_features(out, gray16)["keypoints"]) - n_good) < 0.2 * n_good
-    # a second run extracts nothing and still reports the skipped files
+    # a second run re-extracts nothing readable, retries the unreadable files and reports them again
     s2 = extract_features(d, names, out, SiftConfig(first_octave=0))
-    assert s2["extracted"] == 0 and len(s2["skipped"]) == 2
+    assert s2["extracted"] == 2 and {x["image"] for x in s2["skipped"]} == {"truncated.jpg", "notimage.jpg"}
+    # once fixed on disk, an unreadable file is extracted by the next run (no --overwrite needed)
+    shutil.copyfile(d / good, trunc)
+    s3 = extract_features(d, names, out, SiftConfig(first_octave=0))
+    assert s3["extracted"] == 2 and {x["image"] for x in s3["skipped"]} == {"notimage.jpg"}
+    assert len(read_features(out, "truncated.jpg")["keypoints"]) == n_good
+    # other SIFT settings re-extract everything
+    assert extract_features(d, names, out, SiftConfig(first_octave=0, peak_threshold=0.01))["extracted"] == len(names)
 
 
 def test_exif_rotation_is_applied(tmp_path):

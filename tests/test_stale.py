@@ -14,6 +14,7 @@ from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel
 from mmcrossvit.paths import RunLayout
 from mmcrossvit.steps import execute, localize, preprocess
+from tests.conftest import TINY_RUN_PRESET
 
 
 def _localize(run, tag, **kw):
@@ -87,11 +88,11 @@ def test_new_sift_settings_reextract_and_recompute_the_model(tiny_run, tmp_path,
     run2 = RunLayout.create(root, "sift", tmp_path / "outputs", tmp_path / "DataBase")
     shutil.copytree(run.out, run2.out)  # an earlier run with the tiny preset's settings
     shutil.copytree(run.database, run2.database)
-    execute(preprocess, run2, cli.settings(preprocess, "tiny"))
+    execute(preprocess, run2, cli.settings(preprocess, TINY_RUN_PRESET))
     assert "re-extracting" not in caplog.text and "stale" not in caplog.text
     points = run2.sfm_points.read_bytes()
     caplog.clear()
-    execute(preprocess, run2, cli.settings(preprocess, "tiny", peak_threshold=0.01))
+    execute(preprocess, run2, cli.settings(preprocess, TINY_RUN_PRESET, peak_threshold=0.01))
     assert "re-extracting features: SIFT settings changed for" in caplog.text
     assert "SfM model" in caplog.text and "is stale" in caplog.text
     assert run2.sfm_points.read_bytes() != points
