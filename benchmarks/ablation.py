@@ -15,27 +15,20 @@ Writes benchmarks/results/ablation.{md,json}.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from report import finish, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.steps import execute  # noqa: E402
-from mmcrossvit.storage import read_json, write_json, write_text  # noqa: E402
+from mmcrossvit.storage import read_json  # noqa: E402
 
 
 def main(argv=None) -> dict:
     from mmcrossvit.steps import student, teacher, tokens
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_args(p)
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results", help="where the table goes")
-    args = p.parse_args(argv)
+    args = run_parser(__doc__).parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     seed = getattr(args, "seed", 0)
 
@@ -73,13 +66,9 @@ def main(argv=None) -> dict:
         b = r["best"] or {}
         md.append(f"| {label} | " + " | ".join(f"{b[k]:.3f}" if b.get(k) is not None else "-" for k in keys)
                   + f" | {r['epochs']} | {r['train_seconds']:.0f} | {r['images_per_s']} |")
-    text = (f"Held-out fold validation on `{run.name}` (preset `{args.preset}`): Recall@K of held-out database "
-            "anchors among all database images; `night_` = the anchors night-simulated.\n\n" + "\n".join(md) + "\n")
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text(args.results / "ablation.md", text)
-    write_json(args.results / "ablation.json", table)
-    print(text)
-    return table
+    head = (f"Held-out fold validation on `{run.name}` (preset `{args.preset}`): Recall@K of held-out database "
+            "anchors among all database images; `night_` = the anchors night-simulated.\n")
+    return finish(str(args.results / "ablation"), [head, *md], table)
 
 
 if __name__ == "__main__":

@@ -17,23 +17,11 @@ attention must be switched to timm's explicit q @ k.T / attn @ v path before cou
 """
 from __future__ import annotations
 
-import os
-import platform
-import sys
-import time
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 class NetVLADLayer(nn.Module):
@@ -124,40 +112,6 @@ def module_flops(per_module: dict[str, dict[str, int]], name: str) -> int:
     return sum(per_module.get(name, {}).values())
 
 
-def machine_info() -> dict:
-    """What the timings were taken on, and how busy the machine was when the run started."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_5m_15m"] = [round(v, 2) for v in os.getloadavg()]
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def pct(counted: float, paper: float) -> float:
     """Signed difference of a counted figure from the paper's, in % of the paper's."""
     return 100.0 * (counted - paper) / paper
-
-
-def write_report(stem: str, text: str, result: dict) -> None:
-    """<stem>.md and <stem>.json, written atomically."""
-    from mmcrossvit.storage import write_json, write_text
-    write_text(stem + ".md", text)
-    write_json(stem + ".json", result)
-    print(f"wrote {stem}.md and {stem}.json")

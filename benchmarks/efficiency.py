@@ -11,13 +11,19 @@ attention kernel is invisible to FlopCounterMode (the script measures how much t
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torchvision
+from baselines import (
+    build_apgem,
+    build_netvlad,
+    count_flops,
+    explicit_attention,
+    module_flops,
+    num_params,
+    pct,
+)
+from report import finish, machine_info, markdown_table, parser
 
-from baselines import (RESULTS, build_apgem, build_netvlad, count_flops, explicit_attention, machine_info,
-                       markdown_table, module_flops, num_params, pct, write_report)
 from models.crossvit import build_student
 
 # the paper's efficiency table (Kang et al., 2024): params in M, "FLOPs" in G, and its ratios
@@ -31,15 +37,13 @@ ASPECTS = {"1:1": 1.0, "4:3": 4 / 3, "3:2": 3 / 2, "16:9": 16 / 9}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "efficiency", threads=False)
     p.add_argument("--student-size", type=int, default=240, help="student input size (branch 2 sees size*224/240)")
     p.add_argument("--embed-dim", type=int, default=1000, help="student descriptor size (paper: 1000)")
     p.add_argument("--netvlad-hw", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
                    help="NetVLAD input height and width")
     p.add_argument("--apgem-scan", type=int, nargs=3, default=[224, 1600, 32], metavar=("MIN", "MAX", "STEP"),
                    help="long sides scanned for the AP-GeM input size that reproduces the paper's figure")
-    p.add_argument("--out", default=str(RESULTS / "efficiency"),
-                   help="output path stem; .md and .json are written")
     return p.parse_args(argv)
 
 
@@ -157,7 +161,7 @@ def main(argv=None) -> dict:
     ratios["compute_diff_pct"] = pct(ratios["compute"], PAPER_RATIOS["flops"])
     ratios["params_diff_pct"] = pct(ratios["params"], PAPER_RATIOS["params"])
 
-    md = [f"# Efficiency: parameters and FLOPs (counted with torch.utils.flop_counter.FlopCounterMode)", "",
+    md = ["# Efficiency: parameters and FLOPs (counted with torch.utils.flop_counter.FlopCounterMode)", "",
           f"torch {torch.__version__}, torchvision {torchvision.__version__}; counted on the meta device "
           f"(shapes only), batch 1. FlopCounterMode counts convolutions and matmuls (conv, mm/addmm, bmm) as "
           f"2 x multiply-adds; element-wise ops, norms, softmax and pooling are not counted.", "",
@@ -236,9 +240,7 @@ def main(argv=None) -> dict:
                  f"{ratios['paper_compute_from_its_table']:.1f}x, {PAPER['netvlad']['params_m']}/"
                  f"{PAPER['student']['params_m']} = {ratios['paper_params_from_its_table']:.1f}x); the counted "
                  f"ratios use unrounded figures (student {s['gmacs']:.3f} GMACs, {s['params_m']:.3f} M params).")
-    md += [f"## Notes (differences over {TOLERANCE_PCT:.0f}% and caveats)", ""] + notes + [""]
-    text = "\n".join(md)
-    print(text)
+    md += [f"## Notes (differences over {TOLERANCE_PCT:.0f}% and caveats)", ""] + notes
 
     result = {"convention": convention, "convention_diffs_pct": conv, "rows": out_rows, "ratios": ratios,
               "paper": PAPER, "paper_ratios": PAPER_RATIOS,
@@ -246,8 +248,7 @@ def main(argv=None) -> dict:
                                   "closest_macs": best_macs, "closest_flops": best_flops,
                                   "named_sizes_flops": named_counts},
               "apgem_param_variants": variants, "notes": notes, "machine": machine_info()}
-    write_report(args.out, text, result)
-    return result
+    return finish(args.out, md, result)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ already in memory), and in absolute terms.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,16 +33,15 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-
-from baselines import RESULTS, machine_info, markdown_table, write_report
+from memory import memory_after, memory_before
+from report import finish, machine_info, markdown_table, parser
 
 CASES = ("db", "retrieval", "localization", "training")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "scale")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which benchmarks to run")
-    p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads in every case")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     g = p.add_argument_group("spatial database")
     g.add_argument("--images", type=int, default=4328, help="database images (Aachen: 4,328)")
@@ -68,37 +65,11 @@ def parse_args(argv=None):
     g.add_argument("--train-sizes", type=int, nargs="+", default=[240, 120], help="image sizes (paper 240, demo 120)")
     g.add_argument("--steps", type=int, default=3, help="timed optimiser steps; the median is reported")
     g.add_argument("--warmup-steps", type=int, default=1, help="untimed optimiser steps first")
-    p.add_argument("--out", default=str(RESULTS / "scale"), help="output path stem; .md and .json are written")
     p.add_argument("--case", default=None,
                    help="internal: run this single case in this process and print its result (the parent "
                         "starts one subprocess per case so that each gets its own peak RSS)")
     p.add_argument("--workdir", default=None, help="internal: temporary folder shared by the case subprocesses")
     return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------------------------------------
-# memory helpers (Linux: ru_maxrss in KiB)
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize() / 2 ** 20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def memory_before() -> dict:
-    gc.collect()
-    return {"rss_before_mb": rss_mb(), "peak_before_mb": peak_rss_mb()}
-
-
-def memory_after(before: dict) -> dict:
-    peak = peak_rss_mb()
-    return {**before, "peak_mb": peak, "peak_above_start_mb": peak - before["rss_before_mb"],
-            # False: the operation never exceeded the process's earlier peak, so peak_above_start is an upper bound
-            "new_peak": peak > before["peak_before_mb"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +171,7 @@ def case_db_loop(args, work: Path) -> dict:
 
 def case_retrieval(args, n_db: int) -> dict:
     import torch
+
     from mmcrossvit.retrieval import topk
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
@@ -223,8 +195,9 @@ def case_retrieval(args, n_db: int) -> dict:
 
 def case_training(args, arch: str, size: int) -> dict:
     import torch
-    from models.crossvit import build_student, build_teacher
+
     from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
+    from models.crossvit import build_student, build_teacher
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     B = args.batch
@@ -410,11 +383,7 @@ def main(argv=None) -> dict:
 
     result["total_wall_s"] = time.perf_counter() - t_start
     md.append(f"Total wall time of this run: {result['total_wall_s']:.0f} s.")
-    md.append("")
-    text = "\n".join(md)
-    print(text)
-    write_report(args.out, text, result)
-    return result
+    return finish(args.out, md, result)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,20 @@ synchronisation, optionally under bf16 autocast (--amp).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
 
 import torch
+from baselines import build_netvlad, count_flops, explicit_attention
+from report import finish, machine_info, markdown_table, parser
 
-from baselines import RESULTS, build_netvlad, count_flops, explicit_attention, machine_info, markdown_table, write_report
 from models.crossvit import build_student
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "throughput")
     p.add_argument("--batch", type=int, default=8, help="images per forward, the same for both models")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (torch.set_num_threads)")
     p.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing")
     p.add_argument("--runs", type=int, default=3, help="timed forwards; the median is reported")
     p.add_argument("--student-size", type=int, default=240, help="student input size")
@@ -36,7 +35,6 @@ def parse_args(argv=None):
     p.add_argument("--matmul-runs", type=int, default=5, help="timed matmuls; the median is reported")
     p.add_argument("--amp", action="store_true", help="on GPU, also time both models under bf16 autocast")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements even if CUDA is available")
-    p.add_argument("--out", default=str(RESULTS / "throughput"), help="output path stem; .md and .json are written")
     return p.parse_args(argv)
 
 
@@ -150,11 +148,7 @@ def main(argv=None) -> dict:
                   f"NetVLAD's convolutions at {100 * nv['fraction_of_matmul_peak']:.0f}%.")
     if "gpu" not in result:
         md.append("- No GPU measured (CUDA not available" + (" or --no-gpu" if args.no_gpu else "") + ").")
-    md.append("")
-    text = "\n".join(md)
-    print(text)
-    write_report(args.out, text, result)
-    return result
+    return finish(args.out, md, result)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,12 @@ Writes benchmarks/results/token_reliance.{md,json}.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
+from report import finish, run_parser  # noqa: E402  (puts the repository on sys.path)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from mmcrossvit import cli, presets  # noqa: E402
+from mmcrossvit import presets  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
-from mmcrossvit.storage import write_json, write_text  # noqa: E402
 from mmcrossvit.train.checkpoint import load_model  # noqa: E402
 from mmcrossvit.train.data import ImageCache, load_spatial_tokens, split_folds  # noqa: E402
 from mmcrossvit.train.distributed import setup  # noqa: E402
@@ -30,10 +23,7 @@ from mmcrossvit.train.validation import retrieval  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_args(p)
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results", help="where the table goes")
-    args = p.parse_args(argv)
+    args = run_parser(__doc__).parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     val_fold = presets.step_settings(args.preset, "teacher")["val_fold"]  # the teacher's held-out fold
     torch.manual_seed(0)
@@ -58,12 +48,7 @@ def main(argv=None) -> dict:
     md = [f"Teacher `{run.teacher_checkpoint}`, held-out fold {val_fold} of `{run.name}`:\n",
           "| teacher input | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     md += [f"| {k} | " + " | ".join(f"{v[c]:.3f}" for c in keys) + " |" for k, v in out.items()]
-    text = "\n".join(md) + "\n"
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text(args.results / "token_reliance.md", text)
-    write_json(args.results / "token_reliance.json", out)
-    print(text)
-    return out
+    return finish(str(args.results / "token_reliance"), md, out)
 
 
 if __name__ == "__main__":

@@ -188,6 +188,30 @@ def write_pairs(path: str | Path, pairs) -> None:
     write_text(path, "".join(f"{a} {b}\n" for a, b in pairs))
 
 
+def _section_count(path: Path, it, what: str, after: int, optional: bool = False):
+    """(count, its line) of an NVM section: one non-negative integer on a line; (None, after)
+    at the end of the file when the section is optional."""
+    try:
+        lineno, tok = next(it)
+    except StopIteration:
+        if optional:
+            return None, after
+        raise DataError(path, f"missing the {what} count after the header", after) from None
+    if len(tok) != 1:
+        raise DataError(path, f"expected the {what} count, got {' '.join(tok)!r}", lineno)
+    n = _int(path, lineno, tok[0], f"the {what} count")
+    if n < 0:
+        raise DataError(path, f"negative {what} count {n}", lineno)
+    return n, lineno
+
+
+def _section_line(path: Path, it, i: int, n: int, what: str, count_line: int):
+    try:
+        return next(it)
+    except StopIteration:
+        raise DataError(path, f"file ends after {i} of {n} {what}", count_line) from None
+
+
 # ---------------------------------------------------------------- NVM
 def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
     path = Path(path)
@@ -199,22 +223,10 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
     if tok[0] != "NVM_V3":
         raise DataError(path, f"expected the NVM_V3 header, got {tok[0]!r}", lineno)
     rest = tok[1:]  # optional calibration after the header (NVM_V3 FixedK ...) is ignored
-    try:
-        lineno, tok = next(it)
-    except StopIteration:
-        raise DataError(path, "missing the camera count after the header", lineno) from None
-    if len(tok) != 1:
-        raise DataError(path, f"expected the camera count, got {' '.join(tok)!r}", lineno)
-    n = _int(path, lineno, tok[0], "the camera count")
-    if n < 0:
-        raise DataError(path, f"negative camera count {n}", lineno)
-    count_line = lineno
+    n, count_line = _section_count(path, it, "camera", lineno)
     cams = []
-    for _ in range(n):
-        try:
-            lineno, tok = next(it)
-        except StopIteration:
-            raise DataError(path, f"file ends after {len(cams)} of {n} cameras", count_line) from None
+    for i in range(n):
+        lineno, tok = _section_line(path, it, i, n, "cameras", count_line)
         if len(tok) < 10:
             raise DataError(path, "expected '<name> <focal> <qw qx qy qz> <cx cy cz> <radial> 0'", lineno)
         v = _floats(path, lineno, tok[1:10], "camera")
@@ -227,22 +239,12 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
     model = NVMModel(cams)
     if skip_points:
         return model
-    try:
-        lineno, tok = next(it)
-    except StopIteration:
+    npts, count_line = _section_count(path, it, "point", lineno, optional=True)
+    if npts is None:
         return model  # no point section at all
-    if len(tok) != 1:
-        raise DataError(path, f"expected the point count, got {' '.join(tok)!r}", lineno)
-    npts = _int(path, lineno, tok[0], "the point count")
-    if npts < 0:
-        raise DataError(path, f"negative point count {npts}", lineno)
-    count_line = lineno
     xyz, rgb, obs = [], [], []  # lists, not preallocated: a corrupt count must not allocate
     for i in range(npts):
-        try:
-            lineno, tok = next(it)
-        except StopIteration:
-            raise DataError(path, f"file ends after {i} of {npts} points", count_line) from None
+        lineno, tok = _section_line(path, it, i, npts, "points", count_line)
         if len(tok) < 7:
             raise DataError(path, "expected '<x y z> <r g b> <n> (<img> <feat> <x> <y>)*n'", lineno)
         xyz.append(_floats(path, lineno, tok[:3], "point position"))

@@ -88,3 +88,17 @@ def upstream(record_path: Path, artifact: Path) -> str | None:
     if rec is not None and Path(artifact).exists():
         return rec.get("key")
     return fingerprint(artifact)
+
+
+def up_to_date(path: Path, key: str, complete: bool, overwrite: bool, what: str, settings: dict, inputs: dict,
+               say=print) -> bool:
+    """True when `what` is complete and was computed from `key` (and says it is skipped); else
+    says why it is redone."""
+    if overwrite:
+        return False
+    if complete and matches(path, key):
+        say(f"{what} is up to date; skipping (use --overwrite to redo)")
+        return True
+    if complete:
+        say(f"{what} is stale ({changed(path, settings, inputs)}): recomputing it")
+    return False

@@ -186,13 +186,19 @@ def test_nvm_image_without_intrinsics(tmp_path):
     expect_data_error(lambda: Dataset(tmp_path).validate(), intr, contains="db/2.jpg")
 
 
+def append_line(path, line: str) -> int:
+    """Append a line to a list file; its line number."""
+    n = len(path.read_text().splitlines())
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    return n + 1
+
+
 def test_ground_truth_for_non_query(tmp_path):
     make_dataset(tmp_path)
     gt = tmp_path / GT_POSES
-    n = len(gt.read_text().splitlines())
-    with open(gt, "a") as f:
-        f.write("db/1.jpg 1 0 0 0 0 0 0\n")
-    expect_data_error(lambda: Dataset(tmp_path).validate(), gt, n + 1, "'db/1.jpg'")
+    lineno = append_line(gt, "db/1.jpg 1 0 0 0 0 0 0")
+    expect_data_error(lambda: Dataset(tmp_path).validate(), gt, lineno, "'db/1.jpg'")
 
 
 def test_bad_ground_truth_line(tmp_path):
@@ -221,25 +227,21 @@ def test_queries_sharing_a_basename_same_file(tmp_path):
 def test_query_in_two_lists(tmp_path):
     make_dataset(tmp_path)
     night = tmp_path / NIGHT_LIST
-    with open(night, "a") as f:
-        f.write("query/day/milestone/a.jpg PINHOLE 32 24 28 29 16 12\n")
+    append_line(night, "query/day/milestone/a.jpg PINHOLE 32 24 28 29 16 12")
     expect_data_error(lambda: Dataset(tmp_path).validate(), night, contains="more than one query file")
 
 
 def test_query_that_is_also_database(tmp_path):
     make_dataset(tmp_path)
-    with open(tmp_path / DAY_LIST, "a") as f:
-        f.write("db/1.jpg PINHOLE 32 24 28 29 16 12\n")
+    append_line(tmp_path / DAY_LIST, "db/1.jpg PINHOLE 32 24 28 29 16 12")
     expect_data_error(lambda: Dataset(tmp_path).validate(), tmp_path, contains="both database and query")
 
 
 def test_query_name_escaping_images_folder(tmp_path):
     make_dataset(tmp_path)
     lst = tmp_path / DAY_LIST
-    n = len(lst.read_text().splitlines())
-    with open(lst, "a") as f:
-        f.write("../outside.jpg PINHOLE 32 24 28 29 16 12\n")
-    expect_data_error(lambda: Dataset(tmp_path).validate(), lst, n + 1, "relative path")
+    lineno = append_line(lst, "../outside.jpg PINHOLE 32 24 28 29 16 12")
+    expect_data_error(lambda: Dataset(tmp_path).validate(), lst, lineno, "relative path")
 
 
 def test_condition_of():

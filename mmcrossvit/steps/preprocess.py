@@ -93,11 +93,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     sfm_inputs = {"features": features_digest(run.features, db_names),
                   **{str(p): records.fingerprint(ds.root / p) for p in (NVM, DB_INTRINSICS, REFERENCE)}}
     sfm_key = records.make_key(sfm_settings, sfm_inputs)
-    sfm_done = is_complete(run.sfm_points, run.sfm_summary)
-    if cfg.overwrite or not (sfm_done and records.matches(run.record("sfm"), sfm_key)):
-        if sfm_done and not cfg.overwrite:
-            log.info("SfM model %s is stale (%s): recomputing it", run.sfm,
-                     records.changed(run.record("sfm"), sfm_settings, sfm_inputs))
+    if not records.up_to_date(run.record("sfm"), sfm_key, is_complete(run.sfm_points, run.sfm_summary),
+                              cfg.overwrite, f"SfM model {run.sfm}", sfm_settings, sfm_inputs, log.info):
         if incremental:
             import pycolmap
             pairs = sfm.pairs_exhaustive(db_names)
@@ -140,8 +137,6 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         sfm_summary = {**sfm.model_summary(rec), "matching": match_stats}
         write_json(run.sfm_summary, sfm_summary)
         records.write(run.record("sfm"), sfm_key, sfm_settings, sfm_inputs)
-    else:
-        log.info("SfM model %s is complete; skipping (use --overwrite to redo)", run.sfm)
     sfm_summary = read_json(run.sfm_summary)
     log.info("SfM: %s", sfm_summary)
 
@@ -150,11 +145,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     db_inputs = {"sfm": sfm_key, "db_names": records.digest(db_names),
                  "queries": records.digest(sorted((q.name, q.condition) for q in ds.queries.values()))}
     db_key = records.make_key(db_settings, db_inputs)
-    db_done = is_complete(run.spatial_db, run.db_stats)
-    if cfg.overwrite or not (db_done and records.matches(run.record("spatial_db"), db_key)):
-        if db_done and not cfg.overwrite:
-            log.info("spatial database %s is stale (%s): rebuilding it", run.spatial_db,
-                     records.changed(run.record("spatial_db"), db_settings, db_inputs))
+    if not records.up_to_date(run.record("spatial_db"), db_key, is_complete(run.spatial_db, run.db_stats),
+                              cfg.overwrite, f"spatial database {run.spatial_db}", db_settings, db_inputs, log.info):
         image_points, pids, xyz = read_model_observations(run.sfm)
         _, model_poses = read_colmap_cameras_poses(run.sfm)
         names_db = sorted(n for n in model_poses if n in set(db_names))
@@ -181,8 +173,6 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         st = {**spatial_db.stats(db), "not_in_model": missing}
         write_json(run.db_stats, st)
         records.write(run.record("spatial_db"), db_key, db_settings, db_inputs)
-    else:
-        log.info("spatial database %s is complete; skipping", run.spatial_db)
     st = read_json(run.db_stats)
     log.info("spatial database: %s", {k: v for k, v in st.items() if k != "not_in_model"})
     result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary),

@@ -51,11 +51,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> Path:
     inputs = {"sfm": records.upstream(run.record("sfm"), run.sfm_points),
               "spatial_db": records.upstream(run.record("spatial_db"), run.spatial_db)}
     key = records.make_key(settings, inputs)
-    if is_complete(out) and not cfg.overwrite:
-        if records.matches(run.record(STEP), key):
-            print(f"{out} is up to date; skipping (use --overwrite to redo)")
-            return out
-        print(f"{out} is stale ({records.changed(run.record(STEP), settings, inputs)}): recomputing it")
+    if records.up_to_date(run.record(STEP), key, is_complete(out), cfg.overwrite, str(out), settings, inputs):
+        return out
     cams, poses = read_colmap_cameras_poses(run.sfm)
     obs, pids, xyz = read_model_observations(run.sfm)
     from ..spatial_db import SpatialDB
