@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     val_fold = presets.step_settings(args.preset, "teacher")["val_fold"]  # the teacher's held-out fold
     torch.manual_seed(0)
-    model = load_model(run.teacher_checkpoint)
+    model = load_model(run.teacher_checkpoint, arch="teacher")
     db = SpatialDB.load(run.spatial_db)
     tokens, valid, _ = load_spatial_tokens(run.tokens, db.names)
     cache = ImageCache.build(run.dataset, db.names, model.config["img_size"], run.cache, setup("cpu"))

@@ -244,7 +244,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild(teacher):
 
 
 def test_checkpoint_of_another_embedding_size_is_rejected(run, teacher):
-    with pytest.raises(DataError, match=r"embed_dim: checkpoint 32 vs this run 16"):
+    with pytest.raises(DataError, match=r"other inputs or settings \(changed: embed_dim\)"):
         teacher_main(run["args"] + FAST + ["--resume", "--embed-dim", "16"])
     with pytest.raises(DataError, match="embed_dim"):
         checkpoint.load_checkpoint(teacher, "teacher", {**state_of(teacher)["config"], "embed_dim": 1000})
@@ -272,6 +272,24 @@ def test_student_distils_and_resumes_exactly(run, teacher, tmp_path):
     assert ck["config"]["arch"] == "student" and ck["config"]["img_size"] == 120
 
 
+def test_a_retrained_teacher_retrains_its_student(tmp_path, capsys):
+    """A finished run is reused only while its inputs and settings are the same."""
+    r = make_run(tmp_path)
+    targs = r["args"] + FAST + ["--val-every", "0"]
+    sargs = r["args"] + ["--preset", "tiny", "--threads", "1", "--val-every", "0", "--epochs", "1"]
+    t1, s1 = teacher_main(targs), student_main(sargs)
+    assert teacher_main(targs)["wall_seconds"] == t1["wall_seconds"]   # same inputs: skipped
+    assert student_main(sargs)["wall_seconds"] == s1["wall_seconds"]
+    capsys.readouterr()
+    teacher_main(targs + ["--lr", "5e-4"])
+    assert "the finished run is stale (changed: lr): retraining from scratch" in capsys.readouterr().out
+    student_main(sargs)
+    assert "the finished run is stale (changed: teacher): retraining from scratch" in capsys.readouterr().out
+    with pytest.raises(DataError, match=r"\(changed: sigma\); --resume would mix them"):
+        student_main(sargs + ["--resume", "--sigma", "2"])
+    assert student_main(sargs + ["--resume", "--epochs", "2"])["epochs_done"] == 2  # more epochs: allowed
+
+
 def test_torchrun_two_processes_keep_replicas_identical(run, tmp_path):
     """Two gloo processes (rank-strided halves of each batch) end with bit-identical weights."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -283,3 +301,13 @@ def test_torchrun_two_processes_keep_replicas_identical(run, tmp_path):
     assert sums.keys() == {"0", "1"} and sums["0"] == sums["1"]
     ck = state_of(tmp_path / "ddp" / "last.pt")
     assert len(ck["rng"]) == 2 and ck["args"]["batch_size"] == 8
+
+
+def test_a_teacher_checkpoint_where_a_student_is_expected_is_one_clear_error(run, teacher):
+    import generate_localization_pairs as script
+    with pytest.raises(DataError, match=r"best.pt: holds a multi-modal teacher \(needs 3D tokens\), but an "
+                                        r"image-only CrossViT \(student\) is expected here"):
+        script.main(run["args"] + ["--checkpoint", str(teacher)])
+    r = subprocess.run([sys.executable, str(REPO / "generate_localization_pairs.py"), *run["args"],
+                        "--checkpoint", str(teacher)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")

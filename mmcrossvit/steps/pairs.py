@@ -46,7 +46,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ckpt = cfg.checkpoint or run.student_checkpoint
     if not Path(ckpt).exists():
         raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
-    model = load_model(ckpt, cfg.device)
+    model = load_model(ckpt, cfg.device, arch="student")  # queries have no 3D tokens
     size = model.config["img_size"]
     if not ds.queries:
         raise DataError(ds.root / "queries", "no queries listed")

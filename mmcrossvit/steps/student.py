@@ -32,7 +32,7 @@ from ..errors import DataError
 from ..losses import relaxed_contrastive_loss
 from ..paths import RunLayout
 from ..train.checkpoint import load_model
-from ..train.data import ImageCache, load_spatial_tokens
+from ..train.data import ImageCache, load_spatial_tokens, training_inputs
 from ..train.distributed import weights_checksum
 from ..train.flags import add_training_args
 from ..train.loop import Session, Task, fit, start
@@ -93,14 +93,14 @@ def teacher_targets(s: Session, path: Path, cache: ImageCache) -> tuple[torch.Te
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if cfg.batch_size % 2:
         raise DataError(None, "--batch-size must be even: half anchors, half their positives")
-    s = start(run, cfg, 'student')
+    teacher_path = Path(cfg.teacher) if cfg.teacher else run.teacher_checkpoint
+    if not teacher_path.is_file():
+        raise DataError(teacher_path, "teacher checkpoint not found; run train_multimodal_crossvit_teacher.py first")
+    s = start(run, cfg, 'student', training_inputs(run, cfg, tokens=True, teacher=teacher_path))
     if s.finished is not None:
         return s.finished
     d, train_idx = s.d, s.train_idx
     pos = [p[s.allowed[p]] for p in (s.db.positives(i)[0] for i in range(len(s.names)))]
-    teacher_path = Path(cfg.teacher) if cfg.teacher else run.teacher_checkpoint
-    if not teacher_path.is_file():
-        raise DataError(teacher_path, "teacher checkpoint not found; run train_multimodal_crossvit_teacher.py first")
     cache = s.images(cfg.img_size)
     targets, tcfg, teacher_sum, teacher_metrics = teacher_targets(s, teacher_path, cache)
 

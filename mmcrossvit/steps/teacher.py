@@ -31,7 +31,7 @@ from ..data import hflip_tokens
 from ..errors import DataError
 from ..losses import contrastive_loss
 from ..paths import RunLayout
-from ..train.data import load_spatial_tokens
+from ..train.data import load_spatial_tokens, training_inputs
 from ..train.flags import add_training_args
 from ..train.loop import Task, fit, start
 from ..train.negatives import Miner
@@ -55,7 +55,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     kind = 'image_only' if cfg.image_only else 'teacher'
-    s = start(run, cfg, kind)
+    s = start(run, cfg, kind, training_inputs(run, cfg, tokens=not cfg.image_only))
     if s.finished is not None:
         return s.finished
     d, db, allowed = s.d, s.db, s.allowed

@@ -59,6 +59,11 @@ class TrainDir:
     def tb(self) -> Path:
         return self.root / 'tb'
 
+    @property
+    def inputs(self) -> Path:
+        """What the run in this folder was trained from (mmcrossvit/records.py)."""
+        return self.root / 'inputs.json'
+
 
 def plain(obj):
     """Args / metrics as JSON- and weights_only-safe builtins."""
@@ -138,23 +143,49 @@ def save_epoch(out: TrainDir, model, optimizer, scaler, best: Optional[dict], co
     save_checkpoint(out.last, model, optimizer, scaler, **ck)
 
 
-def start_or_resume(out: TrainDir, cfg, d: Dist) -> tuple[str, Optional[Path]]:
-    """('fresh' | 'resume' | 'done', checkpoint): what to do with the training folder."""
-    if cfg.overwrite:
-        if d.main:
+# settings that change how a run is carried out, not what it computes
+RUNTIME = {'preset', 'out', 'resume', 'overwrite', 'stop_after', 'device', 'threads', 'workers', 'eval_batch_size',
+           'teacher', 'init_from'}
+
+
+def start_or_resume(out: TrainDir, cfg, d: Dist, inputs: dict) -> tuple[str, Optional[Path]]:
+    """('fresh' | 'resume' | 'done', checkpoint): what to do with the training folder.
+
+    A finished run is reused only when it was trained from the same inputs (the spatial DB,
+    tokens, teacher weights: `inputs`) and settings; otherwise it is retrained from scratch, with a
+    line saying what changed. --resume continues a run only from the same inputs and settings
+    (more --epochs allowed)."""
+    from .. import records
+    settings = {k: v for k, v in sorted(vars(cfg).items()) if k not in RUNTIME}
+    key = records.make_key(settings, inputs)
+    base = records.make_key({k: v for k, v in settings.items() if k != 'epochs'}, inputs)
+    say = print if d.main else (lambda *a, **k: None)
+    state, ck = 'fresh', None
+    if not cfg.overwrite and out.last.exists():
+        rec = records.read(out.inputs)
+        finished = out.summary.exists() and read_json(out.summary).get('finished')
+        if cfg.resume:
+            if rec is None or rec.get('base') != base:
+                raise DataError(out.root, f"was trained from other inputs or settings "
+                                          f"({records.changed(out.inputs, settings, inputs)}); --resume would mix "
+                                          f"them: use --overwrite to start over")
+            state, ck = 'resume', out.last
+        elif finished and rec is not None and rec.get('key') == key:
+            return 'done', out.last
+        elif finished:
+            say(f"{out.root}: the finished run is stale ({records.changed(out.inputs, settings, inputs)}): "
+                f"retraining from scratch")
+        else:
+            raise DataError(out.root, "holds an unfinished run (last.pt): pass --resume to continue it or "
+                                      "--overwrite to start over")
+    if d.main:
+        if state == 'fresh':
             for f in (out.last, out.best, out.summary):
                 f.unlink(missing_ok=True)
             shutil.rmtree(out.tb, ignore_errors=True)
-        barrier(d)
-        return 'fresh', None
-    if out.last.exists():
-        if cfg.resume:
-            return 'resume', out.last
-        if out.summary.exists() and read_json(out.summary).get('finished'):
-            return 'done', out.last
-        raise DataError(out.root, "holds an unfinished run (last.pt): pass --resume to continue it or --overwrite "
-                                  "to start over")
-    return 'fresh', None
+        records.write(out.inputs, key, settings, inputs, base=base)
+    barrier(d)
+    return state, ck
 
 
 def finished_summary(out: TrainDir, state: str, kind: str, d: Dist, log) -> Optional[dict]:
@@ -276,11 +307,18 @@ def load_init(model: nn.Module, path: str | Path, strict: bool = True) -> dict:
             'mismatched': mismatched}
 
 
-def load_model(path: str | Path, device: str | torch.device = 'cpu') -> nn.Module:
-    """Rebuild a model from a checkpoint that records its `.config`, load it strictly, eval mode."""
+ARCH_NAMES = {'student': 'an image-only CrossViT (student)', 'teacher': 'a multi-modal teacher (needs 3D tokens)'}
+
+
+def load_model(path: str | Path, device: str | torch.device = 'cpu', arch: Optional[str] = None) -> nn.Module:
+    """Rebuild a model from a checkpoint that records its `.config`, load it strictly, eval mode;
+    with `arch`, a checkpoint of another architecture is one clear error."""
     sd, config = read_state_dict(path)
     if not config or 'arch' not in config:
         raise DataError(path, "checkpoint records no model config; rebuild the model and use load_init")
+    if arch is not None and config['arch'] != arch:
+        raise DataError(path, f"holds {ARCH_NAMES.get(config['arch'], config['arch'])}, but "
+                              f"{ARCH_NAMES.get(arch, arch)} is expected here")
     try:
         model = build_model(**config)
     except (TypeError, ValueError) as e:

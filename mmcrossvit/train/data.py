@@ -142,3 +142,17 @@ def loader(n_rows: int, make, batch: int, d: Dist, workers: int):
     mine = [b[d.rank::d.world].tolist() for b in global_batches(n_rows, batch, d.world)]
     return torch.utils.data.DataLoader(PlanDataset(n_rows, make), batch_sampler=mine, num_workers=workers,
                                        pin_memory=d.device.type == 'cuda', persistent_workers=False)
+
+
+def training_inputs(run: RunLayout, cfg, tokens: bool, teacher: Optional[Path] = None) -> dict:
+    """What a training run is computed from, besides its settings: the spatial DB, the tokens
+    (multi-modal runs), the teacher's weights (distillation), an --init-from checkpoint."""
+    from .. import records
+    out = {"spatial_db": records.upstream(run.record("spatial_db"), run.spatial_db)}
+    if tokens:
+        out["tokens"] = records.upstream(run.record("tokens"), run.tokens)
+    if teacher is not None:
+        out["teacher"] = records.fingerprint(teacher)
+    if getattr(cfg, "init_from", None):
+        out["init_from"] = records.fingerprint(cfg.init_from)
+    return out

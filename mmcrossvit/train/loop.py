@@ -67,12 +67,13 @@ class Session:
         return ImageCache.build(self.run.dataset, self.names, size, self.run.cache, self.d)
 
 
-def start(run: RunLayout, cfg: argparse.Namespace, kind: str) -> Session:
-    """Join the processes, decide fresh / resume / done for the folder, load the spatial DB."""
+def start(run: RunLayout, cfg: argparse.Namespace, kind: str, inputs: dict) -> Session:
+    """Join the processes, decide fresh / resume / done for the folder (from what the run is
+    trained on, `inputs`: see checkpoint.start_or_resume), load the spatial DB."""
     d = setup(cfg.device, cfg.threads)
     log = print if d.main else _quiet
     folder = TrainDir(Path(cfg.out) if cfg.out else run.train_dir(kind))
-    state, ck_path = start_or_resume(folder, cfg, d)
+    state, ck_path = start_or_resume(folder, cfg, d, inputs)
     s = Session(run, cfg, kind, d, log, folder, state, ck_path)
     s.finished = finished_summary(folder, state, kind, d, log)
     if s.finished is None:
