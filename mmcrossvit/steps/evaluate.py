@@ -22,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from ..evaluation import (EVAL_KS, format_localization, format_retrieval, load_results, localization_table,
                           missing_queries, query_positives, retrieval_metrics)
@@ -115,11 +117,17 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         rows = {f"db anchors (fold {cfg.val_fold})": retrieval_metrics(ranked, pos, EVAL_KS)}
         model = SfMModel.load(run.sfm)
         qpos = query_positives(ds, model, db_names, sdb.min_shared)
-        rows["queries"] = retrieval_metrics(r["query_ranked"], qpos, EVAL_KS)
+        # one ranked row per listed query; a query retrieval left out (unreadable) retrieves nothing
+        row_of = {str(q): i for i, q in enumerate(r["query_names"])}
+        ranked_q = np.full((len(ds.queries), r["query_ranked"].shape[1]), -1, dtype=np.int64)
+        for i, q in enumerate(sorted(ds.queries)):
+            if q in row_of:
+                ranked_q[i] = r["query_ranked"][row_of[q]]
+        rows["queries"] = retrieval_metrics(ranked_q, qpos, EVAL_KS)
         for cond in ("day", "night"):
             sel = [i for i, q in enumerate(sorted(ds.queries)) if conditions[q] == cond]
             if sel:
-                rows[f"queries ({cond})"] = retrieval_metrics(r["query_ranked"][sel], [qpos[i] for i in sel], EVAL_KS)
+                rows[f"queries ({cond})"] = retrieval_metrics(ranked_q[sel], [qpos[i] for i in sel], EVAL_KS)
         report["retrieval"] = rows
         md += [format_retrieval(rows), ""]
     write_json(run.evaluation_json, report)

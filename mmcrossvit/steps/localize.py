@@ -28,7 +28,7 @@ from ..colmap_io import read_pairs, write_poses
 from ..errors import DataError
 from ..evaluation import oracle_candidates
 from .. import records
-from ..features import extract_features, feature_stamps, stored_config
+from ..features import extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset
 from ..localization import SfMModel, localize_query
@@ -111,8 +111,12 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if empty:
         log.warning("%d queries have no candidates (e.g. %s); they get an identity pose and count as failed",
                     len(empty), empty[0])
-    # query features, with the database's extraction settings (new, changed or unreadable ones again)
-    extract_features(ds.images_dir, sorted(queries), run.features, stored_config(run.features))
+    # features of queries preprocessing did not see, with the database's settings (preprocessing
+    # re-extracts changed images and retries unreadable ones; they are not reported again here)
+    missing = sorted(set(queries) - feature_names(run.features))
+    if missing:
+        log.info("extracting features for %d queries", len(missing))
+        extract_features(ds.images_dir, missing, run.features, stored_config(run.features))
 
     # each log row carries the key of what produced it: its candidates, the settings, the model
     # and the query's features; rows whose key still matches are reused, the rest recomputed

@@ -150,7 +150,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         image_points, pids, xyz = read_model_observations(run.sfm)
         _, model_poses = read_colmap_cameras_poses(run.sfm)
         names_db = sorted(n for n in model_poses if n in set(db_names))
-        missing = sorted(set(db_names) - set(names_db))
+        missing = sorted(set(db_names) - set(names_db) - skipped_db)  # unreadable ones were reported
         if missing:
             log.warning("%d database images are not in the SfM model (e.g. %s); they are left out",
                         len(missing), missing[0])
