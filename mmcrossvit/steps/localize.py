@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..colmap_io import read_pairs, write_poses
@@ -153,7 +154,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
                "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
                                 for k in ("features", "matching", "pnp")} if done else {},
-               "retrieval": cfg.retrieval, "results": str(results_path)}
+               "retrieval": cfg.retrieval, "results": str(results_path),
+               "matching_threads": torch.get_num_threads()}
     write_json(run.localization_summary(tag), summary)
     print(f"{summary['localized']}/{summary['queries']} queries localized "
           f"({len(failed)} fell back to the top retrieved pose) -> {results_path}")

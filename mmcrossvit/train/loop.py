@@ -183,7 +183,7 @@ def fit(s: Session, task: Task) -> dict:
         shutil.copyfile(out.last, out.best)
     summary = {'kind': s.kind, 'finished': done >= cfg.epochs, 'epochs_done': done, 'epochs': cfg.epochs,
                'steps': step, 'config': raw.config, 'preset': cfg.preset, 'processes': d.world,
-               'device': str(d.device), **task.summary, 'best': best, 'last': metrics,
+               'device': str(d.device), 'threads': torch.get_num_threads(), **task.summary, 'best': best, 'last': metrics,
                'train_seconds': round(train_time, 2), 'wall_seconds': round(time.perf_counter() - t_start, 2),
                'images_per_s': round(images_seen / train_time, 2) if train_time else None}
     if task.pair_rate:
