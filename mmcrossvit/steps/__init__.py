@@ -21,7 +21,8 @@ def execute(module, run: RunLayout, cfg: argparse.Namespace):
         check(run, cfg)  # before mkdir: a mistyped run name must not leave an outputs/<typo> behind
     run.out.mkdir(parents=True, exist_ok=True)
     with run_lock(run):  # re-entrant: run_pipeline.py and benchmarks execute steps inside each other
-        write_json(run.settings(module.STEP), {"step": module.STEP, "dataset": str(run.dataset), "name": run.name,
+        record = getattr(module, "record_name", lambda c: module.STEP)(cfg)  # e.g. localize vs its oracle run
+        write_json(run.settings(record), {"step": module.STEP, "dataset": str(run.dataset), "name": run.name,
                                                "settings": {k: _plain(v) for k, v in sorted(vars(cfg).items())}})
         return module.main(run, cfg)
 

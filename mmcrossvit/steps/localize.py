@@ -61,6 +61,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "changed are recomputed anyway)")
 
 
+def tag_of(cfg) -> str:
+    """Where the results go: --tag, else 'oracle' for the oracle, else the run's own folder."""
+    return cfg.tag if cfg.tag is not None else (ORACLE_TAG if cfg.retrieval == "oracle" else "")
+
+
+def record_name(cfg) -> str:
+    return f"{STEP}_{tag_of(cfg)}" if tag_of(cfg) else STEP
+
+
 def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, list[str]]:
     queries = ds.queries
     if cfg.retrieval == "pairs":
@@ -100,7 +109,7 @@ def _read_log(path: Path) -> dict[str, dict]:
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ds = Dataset(run.dataset)
-    tag = cfg.tag if cfg.tag is not None else (ORACLE_TAG if cfg.retrieval == "oracle" else "")
+    tag = tag_of(cfg)
     results_path, log_path = run.results_file(tag), run.localization_log(tag)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     if not run.sfm_points.exists():
