@@ -34,6 +34,11 @@ class SiftConfig:
     first_octave: int = -1          # -1 upsamples once (COLMAP default); 0 is ~10x faster
     peak_threshold: float = 0.02 / 3
     num_threads: int = -1
+    contrast: str = "none"          # "clahe": local histogram equalisation before extraction
+
+    def __post_init__(self):
+        if self.contrast not in ("none", "clahe"):
+            raise ValueError(f"unknown contrast normalisation {self.contrast!r} (none, clahe)")
 
     def pycolmap_options(self):
         import pycolmap
@@ -57,6 +62,8 @@ class SiftExtractor:
         scale = min(1.0, self.conf.max_image_size / max(h, w)) if self.conf.max_image_size > 0 else 1.0
         if scale < 1.0:
             gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        if self.conf.contrast == "clahe":  # the same for every image: day and night alike
+            gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
         kp, desc = self._fe.extract_from_uint8_array(np.ascontiguousarray(gray))
         kp = pycolmap.keypoints_to_matrix(kp).astype(np.float32)
         desc = np.asarray(desc.data, dtype=np.uint8)

@@ -21,6 +21,7 @@ _PAPER = {
     "generate": None,
     "preprocess": dict(max_image_size=1600, max_num_features=8192, first_octave=-1, peak_threshold=0.02 / 3,
                        pairs="poses", num_pairs=20, max_pair_angle=60.0, ratio=0.8, max_epipolar_error=4.0,
+                       contrast="none", min_pair_matches=15, two_view_tracks=False, min_tri_angle=1.5,
                        mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5),
     "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
     "teacher": dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,

@@ -149,12 +149,21 @@ def match_and_verify(db_path: Path, rec, image_ids: dict[str, int], pairs: list[
             "mean_verified": float(np.mean(n_inliers)) if n_inliers else None}
 
 
-def triangulate(rec, db_path: Path, image_dir: Path, out_dir: Path, verbose: bool = False):
+def triangulate(rec, db_path: Path, image_dir: Path, out_dir: Path, min_pair_matches: int = 15,
+                two_view_tracks: bool = False, min_angle: float = 1.5):
+    """Points from the verified matches with the poses held fixed (hloc's triangulation).
+
+    The poses are known, so the options guarding incremental SfM against wrong geometry can be
+    relaxed: pairs with few verified matches (`min_pair_matches`, COLMAP's default 15) and tracks
+    seen by two images only (dropped by default) still give correct points."""
     import pycolmap
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opts = pycolmap.IncrementalPipelineOptions()
+    opts.min_num_matches = min_pair_matches
+    opts.triangulation.ignore_two_view_tracks = not two_view_tracks
+    opts.triangulation.min_angle = min_angle
     result = pycolmap.triangulate_points(rec, db_path, image_dir, tmp, clear_points=True, options=opts)
     result.write_text(str(tmp))
     _replace_dir(tmp, out_dir)

@@ -42,6 +42,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--first-octave", type=int, default=S,
                    help="COLMAP's first octave: -1 upsamples (more features), 0 is ~10x faster")
     g.add_argument("--peak-threshold", type=float, default=S, help="SIFT peak threshold (COLMAP's default: 0.00667)")
+    g.add_argument("--contrast", choices=["none", "clahe"], default=S,
+                   help="contrast normalisation of every image before SIFT (clahe: local histogram "
+                        "equalisation, for day-night robustness)")
     g = p.add_argument_group("matching and SfM")
     g.add_argument("--pairs", choices=["poses", "exhaustive"], default=S,
                    help="database pairs: nearest cameras by position and direction, or all pairs")
@@ -50,6 +53,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
     g.add_argument("--max-epipolar-error", type=float, default=S,
                    help="pixels; matches farther from the epipolar line are dropped")
+    g.add_argument("--min-pair-matches", type=int, default=S,
+                   help="verified matches a database pair needs to be used in triangulation (COLMAP: 15)")
+    g.add_argument("--two-view-tracks", action=argparse.BooleanOptionalAction, default=S,
+                   help="keep points seen by two images only (COLMAP drops them)")
+    g.add_argument("--min-tri-angle", type=float, default=S, help="smallest triangulation angle in degrees")
     g.add_argument("--mapper", choices=["triangulation", "incremental"], default=S,
                    help="triangulate with the known poses, or reconstruct poses too (no poses needed)")
     g = p.add_argument_group("spatial database")
@@ -80,7 +88,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     log.info("dataset %s: %s", ds.root, summary)
 
     # 1. features
-    conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold)
+    conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold,
+                      contrast=cfg.contrast)
     names = db_names + sorted(ds.queries)
     feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite)
     log.info("features: %d extracted, %d already done, %d skipped",
@@ -89,7 +98,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
 
     # 2-3. pairs, matching, triangulation: keyed by the database features and reference poses
     sfm_settings = {k: getattr(cfg, k) for k in ("pairs", "num_pairs", "max_pair_angle", "ratio",
-                                                 "max_epipolar_error", "mapper", "seed")}
+                                                 "max_epipolar_error", "mapper", "seed", "min_pair_matches",
+                                                 "two_view_tracks", "min_tri_angle")}
     sfm_inputs = {"features": features_digest(run.features, db_names),
                   **{str(p): records.fingerprint(ds.root / p) for p in (NVM, DB_INTRINSICS, REFERENCE)}}
     sfm_key = records.make_key(sfm_settings, sfm_inputs)
@@ -131,7 +141,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             sfm.import_features(db_path, image_ids, run.features)
             match_stats = sfm.match_and_verify(db_path, ref, image_ids, pairs, run.features, ratio=cfg.ratio,
                                                max_error=cfg.max_epipolar_error)
-            rec = sfm.triangulate(ref, db_path, ds.images_dir, run.sfm)
+            rec = sfm.triangulate(ref, db_path, ds.images_dir, run.sfm, cfg.min_pair_matches, cfg.two_view_tracks,
+                                  cfg.min_tri_angle)
         shutil.copy2(db_path, run.sfm_database)
         shutil.rmtree(run.sfm_work, ignore_errors=True)
         sfm_summary = {**sfm.model_summary(rec), "matching": match_stats}
