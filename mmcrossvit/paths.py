@@ -14,6 +14,8 @@
     outputs/<name>/pairs-query.txt             retrieval pairs "query db"
     outputs/<name>/pairs-db-retrieval.txt, retrieval.npz
     outputs/<name>/[<tag>/]Pose_Estimation_Results.txt, localization_log.jsonl, localization_summary.json
+    outputs/<name>/[<tag>/]diagnosis/          per-query diagnosis of that localization (queries.csv,
+                                               summary.json, summary.md, failures.png)
     outputs/<name>/evaluation.json, evaluation.md, timings.json
     outputs/<name>/settings/<step>.json        the resolved settings each step ran with
     outputs/<name>/.lock                       pid, host and command of the run now executing
@@ -189,6 +191,23 @@ class RunLayout:
     @property
     def oracle_results(self) -> Path:
         return self.results_file(ORACLE_TAG)
+
+    # ---- why localization failed (benchmarks/diagnose_localization.py) ---------------------
+    def diagnosis_dir(self, tag: str = "") -> Path:
+        return self.localization_dir(tag) / "diagnosis"
+
+    def diagnosis_csv(self, tag: str = "") -> Path:
+        """One row per query with ground truth: counts per stage, errors, failure kind."""
+        return self.diagnosis_dir(tag) / "queries.csv"
+
+    def diagnosis_json(self, tag: str = "") -> Path:
+        return self.diagnosis_dir(tag) / "summary.json"
+
+    def diagnosis_md(self, tag: str = "") -> Path:
+        return self.diagnosis_dir(tag) / "summary.md"
+
+    def diagnosis_figure(self, tag: str = "") -> Path:
+        return self.diagnosis_dir(tag) / "failures.png"
 
     # ---- step 7: evaluation, run records -----------------------------------------------------
     @property

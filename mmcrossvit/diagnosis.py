@@ -1,0 +1,179 @@
+"""Why a query's localization failed: a per-query breakdown against ground truth.
+
+For each query with a true pose, the localization is re-run exactly as the run did it
+(`localize_query` reseeds RANSAC per query, so the same arguments give the same pose and
+inliers) and each stage is checked against the truth:
+
+    raw matches -> 2D-3D correspondences -> GT-consistent ones (the 3D point projects within
+    `px` pixels of its keypoint under the true pose) -> RANSAC inliers -> GT-consistent inliers
+
+plus what retrieval handed over: how many retrieved images see >= `min_shared` of the 3D points
+visible from the true pose (`evaluation.gt_covisibility`), the rank of the first, and the
+viewpoint change from the true pose to the best covisible database image, overall and among the
+retrieved. Each query gets one failure kind (KINDS); `summarise` counts them per condition.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .colmap_io import CameraSpec
+from .evaluation import THRESHOLDS, visible_points
+from .features import read_features
+from .geometry import Pose, pose_error
+from .localization import SfMModel, correspondences, covisibility_clusters, estimate_pose, localize_query
+
+FINEST, COARSEST = THRESHOLDS[0], THRESHOLDS[-1]
+KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers")
+MIN_PNP = 4  # fewer 2D-3D correspondences than this and PnP cannot run (estimate_pose's limit)
+ALL = "all"
+# the localization settings the diagnosis re-runs with (as localize.main passes them)
+SETTINGS = ("ratio", "ransac_max_error", "covisibility", "min_inliers", "seed")
+# per-query columns that are numbers (medians are taken of these)
+NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inliers", "gt_inliers",
+           "distinct_inliers", "inlier_keypoints",
+           "position_error_m", "rotation_error_deg", "visible_points", "covisible_retrieved",
+           "first_covisible_rank", "best_db_shared", "best_db_distance_m", "best_db_angle_deg",
+           "best_retrieved_shared", "best_retrieved_distance_m", "best_retrieved_angle_deg")
+
+
+def gt_consistent(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, gt_pose: Pose,
+                  px: float) -> np.ndarray:
+    """Mask of correspondences whose 3D point lies in front of the camera and projects (through
+    the query's own camera model, distortion included) within `px` pixels of its keypoint under
+    the true pose."""
+    points2d = np.asarray(points2d, np.float64).reshape(-1, 2)
+    Xc = gt_pose.transform(np.asarray(points3d, np.float64).reshape(-1, 3))
+    ok = np.zeros(len(Xc), bool)
+    front = np.flatnonzero(Xc[:, 2] > 1e-6)  # img_from_cam gives NaN behind; don't rely on it
+    if len(front):
+        uv = np.asarray(camera.to_pycolmap().img_from_cam(Xc[front]))
+        err = np.linalg.norm(uv - points2d[front], axis=1)
+        ok[front] = np.isfinite(err) & (err <= px)
+    return ok
+
+
+def failure_kind(success: bool, position_error: float, rotation_error: float, num_correspondences: int,
+                 covisible_retrieved: int) -> str:
+    """One of KINDS. Accepted poses are judged by the benchmark's finest and coarsest thresholds;
+    failures by the first stage that broke: retrieval, then matching, then RANSAC."""
+    if success:
+        if position_error <= FINEST[0] and rotation_error <= FINEST[1]:
+            return "localized"
+        if position_error <= COARSEST[0] and rotation_error <= COARSEST[1]:
+            return "inaccurate"
+        return "wrong pose accepted"
+    if covisible_retrieved == 0:
+        return "retrieval miss"
+    if num_correspondences < MIN_PNP:
+        return "no correspondences"
+    return "few inliers"
+
+
+def _best_hypothesis(p2, p3, src, camera, retrieved, model, s) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The best RANSAC hypothesis of a failed query (localize_query does not return its inliers):
+    the same loop over the same correspondences after the same reseed, hence the same result.
+    Returns (points2d, points3d, inlier mask) of the winning cluster, or None."""
+    import pycolmap
+    pycolmap.set_random_seed(s["seed"])
+    groups = covisibility_clusters(model, retrieved) if s["covisibility"] else [retrieved]
+    src = np.asarray(src, dtype=object)
+    best = None
+    for g in groups:
+        # correspondences() walks the names in order and clusters keep retrieval order: selecting
+        # a cluster's rows reproduces what localize_query matched for it
+        sel = np.isin(src, list(g)) if len(src) else np.zeros(0, bool)
+        est = estimate_pose(p2[sel], p3[sel], camera, s["ransac_max_error"])
+        if est is not None and (best is None or est[1].sum() > best[2].sum()):
+            best = (p2[sel], p3[sel], est[1])
+    return best
+
+
+def _viewpoint(model: SfMModel, name: str | None, gt_pose: Pose) -> tuple[float | None, float | None]:
+    """(metres, degrees) between the true pose and a database image's pose."""
+    if name is None or name not in model.poses:
+        return None, None
+    return pose_error(model.poses[name], gt_pose)
+
+
+def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list[str], model: SfMModel,
+                   features: Path, settings: dict, shared: dict[str, int], px: float = 4.0,
+                   min_shared: int = 8, condition: str = "unknown") -> dict:
+    """One query's diagnosis row (see the module docstring).
+
+    `settings`: the run's recorded localization settings (SETTINGS); `shared`: for each database
+    image, how many of the 3D points visible from the true pose it observes (a row of
+    `evaluation.gt_covisibility` over the model's images)."""
+    s = {k: settings[k] for k in SETTINGS}
+    r = localize_query(name, camera, retrieved, model, features, s["ratio"], s["ransac_max_error"],
+                       s["covisibility"], s["min_inliers"], s["seed"])
+    # every retrieved image's correspondences at once: the clusters partition the retrieved list,
+    # so these are what RANSAC saw, summed over clusters
+    try:
+        qf = read_features(features, name)
+    except Exception:  # as localize_query: an unreadable query has no features
+        qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
+    p2, p3, src, _ = correspondences(model, qf, features, retrieved, s["ratio"])
+    if r.success:
+        hyp = (r.points2d, r.points3d, np.asarray(r.inliers, bool))
+    else:
+        hyp = _best_hypothesis(p2, p3, src, camera, retrieved, model, s) if len(p2) >= MIN_PNP else None
+    gt_corr = gt_consistent(p2, p3, camera, gt_pose, px)
+    gt_inl = 0 if hyp is None else int((gt_consistent(hyp[0], hyp[1], camera, gt_pose, px) & hyp[2]).sum())
+    inliers = 0 if hyp is None else int(hyp[2].sum())
+    # a (keypoint, 3D point) pair is lifted once per retrieved image observing the point, so RANSAC
+    # counts it several times: how many different pairs, and query keypoints, the inliers really are
+    in2, in3 = (np.zeros((0, 2)), np.zeros((0, 3))) if hyp is None else (hyp[0][hyp[2]], hyp[1][hyp[2]])
+
+    dt, dr = pose_error(r.pose, gt_pose)
+    counts = np.array([shared.get(n, 0) for n in retrieved], dtype=np.int64)
+    covisible = np.flatnonzero(counts >= min_shared)
+    best_db = min(shared, key=lambda n: (-shared[n], n)) if shared else None  # ties by name, as the oracle
+    best_db = best_db if best_db is not None and shared[best_db] > 0 else None
+    best_ret = retrieved[int(np.argmax(counts))] if len(counts) and counts.max() > 0 else None
+    db_m, db_deg = _viewpoint(model, best_db, gt_pose)
+    ret_m, ret_deg = _viewpoint(model, best_ret, gt_pose)
+    row = {
+        "query": name, "condition": condition, "success": bool(r.success), "retrieved": len(retrieved),
+        "matches": int(r.num_matches), "correspondences": int(len(p2)), "gt_correspondences": int(gt_corr.sum()),
+        "inliers": int(r.num_inliers), "gt_inliers": gt_inl,
+        "distinct_inliers": int(len(np.unique(np.c_[in2, in3], axis=0))),
+        "inlier_keypoints": int(len(np.unique(in2, axis=0))),
+        "position_error_m": dt, "rotation_error_deg": dr,
+        "visible_points": int(len(visible_points(camera, gt_pose, model.xyz))),
+        "covisible_retrieved": int(len(covisible)),
+        "first_covisible_rank": int(covisible[0]) + 1 if len(covisible) else None,
+        "best_db": best_db, "best_db_shared": shared[best_db] if best_db else 0,
+        "best_db_distance_m": db_m, "best_db_angle_deg": db_deg,
+        "best_retrieved": best_ret, "best_retrieved_shared": int(counts.max()) if best_ret else 0,
+        "best_retrieved_distance_m": ret_m, "best_retrieved_angle_deg": ret_deg,
+        # the hypothesis rebuilt here must be the one the run scored (a check of the reproduction)
+        "reproduced": inliers == int(r.num_inliers),
+        "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(),
+    }
+    row["kind"] = failure_kind(r.success, dt, dr, row["correspondences"], row["covisible_retrieved"])
+    return row
+
+
+def _median(values) -> float | None:
+    v = [float(x) for x in values if x is not None and np.isfinite(x)]
+    return float(np.median(v)) if v else None
+
+
+def summarise(rows: list[dict]) -> dict:
+    """{"kinds", "counts": {condition: {kind: n, "total": n}}, "medians": {condition: {kind:
+    {column: median}}}} over conditions (day, night, ..., 'all') and kinds (KINDS, 'all');
+    a kind no query of a condition has is counted 0 and has no medians."""
+    conds = sorted({r.get("condition", "unknown") for r in rows}) + [ALL]
+    counts, medians = {}, {}
+    for c in conds:
+        sel = [r for r in rows if c == ALL or r.get("condition", "unknown") == c]
+        counts[c] = {k: sum(r["kind"] == k for r in sel) for k in KINDS}
+        counts[c]["total"] = len(sel)
+        medians[c] = {}
+        for k in (*KINDS, ALL):
+            group = [r for r in sel if k == ALL or r["kind"] == k]
+            if group:
+                medians[c][k] = {col: _median(r.get(col) for r in group) for col in NUMERIC}
+    return {"kinds": list(KINDS), "counts": counts, "medians": medians}
