@@ -22,14 +22,14 @@ from .colmap_io import CameraSpec
 from .evaluation import THRESHOLDS, visible_points
 from .features import read_features
 from .geometry import Pose, pose_error
-from .localization import SfMModel, correspondences, covisibility_clusters, estimate_pose, localize_query
+from .localization import SfMModel, correspondences, localize_query, ransac_threshold
 
 FINEST, COARSEST = THRESHOLDS[0], THRESHOLDS[-1]
 KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers")
 MIN_PNP = 4  # fewer 2D-3D correspondences than this and PnP cannot run (estimate_pose's limit)
 ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
-SETTINGS = ("ratio", "ransac_max_error", "covisibility", "min_inliers", "seed")
+SETTINGS = ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility", "min_inliers", "seed")
 # per-query columns that are numbers (medians are taken of these)
 NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inliers", "gt_inliers",
            "distinct_inliers", "inlier_keypoints",
@@ -71,25 +71,6 @@ def failure_kind(success: bool, position_error: float, rotation_error: float, nu
     return "few inliers"
 
 
-def _best_hypothesis(p2, p3, src, camera, retrieved, model, s) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The best RANSAC hypothesis of a failed query (localize_query does not return its inliers):
-    the same loop over the same correspondences after the same reseed, hence the same result.
-    Returns (points2d, points3d, inlier mask) of the winning cluster, or None."""
-    import pycolmap
-    pycolmap.set_random_seed(s["seed"])
-    groups = covisibility_clusters(model, retrieved) if s["covisibility"] else [retrieved]
-    src = np.asarray(src, dtype=object)
-    best = None
-    for g in groups:
-        # correspondences() walks the names in order and clusters keep retrieval order: selecting
-        # a cluster's rows reproduces what localize_query matched for it
-        sel = np.isin(src, list(g)) if len(src) else np.zeros(0, bool)
-        est = estimate_pose(p2[sel], p3[sel], camera, s["ransac_max_error"])
-        if est is not None and (best is None or est[1].sum() > best[2].sum()):
-            best = (p2[sel], p3[sel], est[1])
-    return best
-
-
 def _viewpoint(model: SfMModel, name: str | None, gt_pose: Pose) -> tuple[float | None, float | None]:
     """(metres, degrees) between the true pose and a database image's pose."""
     if name is None or name not in model.poses:
@@ -106,7 +87,8 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     image, how many of the 3D points visible from the true pose it observes (a row of
     `evaluation.gt_covisibility` over the model's images)."""
     s = {k: settings[k] for k in SETTINGS}
-    r = localize_query(name, camera, retrieved, model, features, s["ratio"], s["ransac_max_error"],
+    r = localize_query(name, camera, retrieved, model, features, s["ratio"],
+                       ransac_threshold(camera, s["ransac_max_error"], s["ransac_ref_size"]),
                        s["covisibility"], s["min_inliers"], s["seed"])
     # every retrieved image's correspondences at once: the clusters partition the retrieved list,
     # so these are what RANSAC saw, summed over clusters
@@ -115,10 +97,7 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     except Exception:  # as localize_query: an unreadable query has no features
         qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
     p2, p3, src, _ = correspondences(model, qf, features, retrieved, s["ratio"])
-    if r.success:
-        hyp = (r.points2d, r.points3d, np.asarray(r.inliers, bool))
-    else:
-        hyp = _best_hypothesis(p2, p3, src, camera, retrieved, model, s) if len(p2) >= MIN_PNP else None
+    hyp = None if r.points2d is None else (r.points2d, r.points3d, np.asarray(r.inliers, bool))
     gt_corr = gt_consistent(p2, p3, camera, gt_pose, px)
     gt_inl = 0 if hyp is None else int((gt_consistent(hyp[0], hyp[1], camera, gt_pose, px) & hyp[2]).sum())
     inliers = 0 if hyp is None else int(hyp[2].sum())

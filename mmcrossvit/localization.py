@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .colmap_io import CameraSpec, read_colmap_cameras_poses, read_images_points2d, read_points3d
+from .errors import DataError
 from .features import match_descriptors, read_features
 from .geometry import Pose
 
@@ -83,8 +84,10 @@ def covisibility_clusters(model: SfMModel, names: list[str]) -> list[list[str]]:
 
 def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: list[str], ratio: float = 0.8
                     ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Query 2D keypoints, their 3D points, the db image each came from, and the raw match count."""
-    p2, p3, src = [], [], []
+    """Query 2D keypoints, their 3D points, the db image each came first from, and the raw match
+    count. A (query keypoint, 3D point) pair found through several database images that observe
+    the point is kept once (as hloc pools them): RANSAC and the inlier count see distinct pairs."""
+    kp_idx, pt_idx, src = [], [], []
     total = 0
     for n in db_names:
         if n not in model.point3d_ids:
@@ -96,12 +99,22 @@ def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: li
         if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
             raise RuntimeError(f"features of {n} no longer match the SfM model; re-run preprocessing.py --overwrite")
         m = m[ids[m[:, 1]] >= 0]
-        p2.append(q_feats["keypoints"][m[:, 0]])
-        p3.append(model.xyz[model.point_index(ids[m[:, 1]])])
+        kp_idx.append(m[:, 0])
+        pt_idx.append(model.point_index(ids[m[:, 1]]))
         src += [n] * len(m)
-    if not p2:
+    if not kp_idx:
         return np.zeros((0, 2)), np.zeros((0, 3)), [], total
-    return np.concatenate(p2).astype(np.float64), np.concatenate(p3), src, total
+    pairs = np.stack([np.concatenate(kp_idx), np.concatenate(pt_idx)], 1)
+    _, first = np.unique(pairs, axis=0, return_index=True)
+    first = np.sort(first)  # keep the retrieval order of first occurrences
+    kp, pt = pairs[first, 0], pairs[first, 1]
+    return (q_feats["keypoints"][kp].astype(np.float64), model.xyz[pt], [src[i] for i in first], total)
+
+
+def ransac_threshold(camera: CameraSpec, max_error: float, ref_size: float | None) -> float:
+    """The PnP inlier threshold in pixels: `max_error` at a longer image side of `ref_size`
+    (e.g. 12 px at Aachen's 1600), scaled to this query's size; unscaled when ref_size is None."""
+    return max_error if not ref_size else max_error * max(camera.width, camera.height) / ref_size
 
 
 def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, max_error: float = 12.0):
@@ -122,6 +135,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
+    `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
+    hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -130,7 +145,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     t0 = time.time()
     try:
         qf = read_features(features, name)
-    except Exception:
+    except DataError:  # no features (an unreadable image): the query falls back
         qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
     t1 = time.time()
     groups = covisibility_clusters(model, retrieved) if covisibility else [retrieved]
@@ -148,8 +163,9 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
         if est is not None and (best is None or est[1].sum() > best[1].sum()):
             best = (est[0], est[1], p2, p3, src)
     secs = {"features": round(t1 - t0, 4), "matching": round(t_match, 4), "pnp": round(t_pnp, 4)}
+    hyp = () if best is None else (best[1].tolist(), best[2], best[3], best[4])
     if best is not None and best[1].sum() >= min_inliers:
-        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs,
-                           best[1].tolist(), best[2], best[3], best[4])
+        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp)
     fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
-    return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs)
+    return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
+                       *hyp)

@@ -37,7 +37,7 @@ _PAPER = {
     # oracle_num_retrieved: candidates per query of the ground-truth retrieval (the ceiling), as
     # many as the student retrieves
     "localize": dict(num_retrieved=None, oracle_num_retrieved=100, covisibility=False, ratio=0.8,
-                     ransac_max_error=12.0, min_inliers=12),
+                     ransac_max_error=12.0, ransac_ref_size=None, min_inliers=12),
     "evaluate": dict(),
 }
 

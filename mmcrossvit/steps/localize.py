@@ -32,7 +32,7 @@ from .. import records
 from ..features import extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset
-from ..localization import SfMModel, localize_query
+from ..localization import SfMModel, localize_query, ransac_threshold
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import write_json
 
@@ -50,7 +50,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--covisibility", action="store_true", default=S,
                    help="cluster candidates by covisibility (hloc's option)")
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
-    g.add_argument("--ransac-max-error", type=float, default=S, help="RANSAC inlier threshold in pixels")
+    g.add_argument("--ransac-max-error", type=float, default=S,
+                   help="RANSAC inlier threshold in pixels (at a longer image side of --ransac-ref-size)")
+    g.add_argument("--ransac-ref-size", type=float, default=S,
+                   help="longer image side at which --ransac-max-error holds; the threshold scales with each "
+                        "query's size (None: a fixed threshold)")
     g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
     p.add_argument("--retrieval", choices=["pairs", "oracle", "all"], default="pairs",
                    help="candidates: the retrieval pairs file, ground-truth covisibility (oracle), or every db image")
@@ -130,7 +134,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
 
     # each log row carries the key of what produced it: its candidates, the settings, the model
     # and the query's features; rows whose key still matches are reused, the rest recomputed
-    settings = {k: getattr(cfg, k) for k in ("ratio", "ransac_max_error", "covisibility", "min_inliers", "seed")}
+    settings = {k: getattr(cfg, k) for k in ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility",
+                                             "min_inliers", "seed")}
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
     keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
@@ -149,7 +154,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         logf.flush()
         for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
             r = localize_query(q, queries[q].camera, cands[q], model, run.features, cfg.ratio,
-                               cfg.ransac_max_error, cfg.covisibility, cfg.min_inliers, cfg.seed)
+                               ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size),
+                               cfg.covisibility, cfg.min_inliers, cfg.seed)
             row = {**r.log_row(), "condition": queries[q].condition,
                    "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q]}
             logf.write(json.dumps(row) + "\n")
