@@ -40,6 +40,9 @@ VARIANTS = {
     "colmap_dense_clahe": ("COLMAP's SIFT defaults, dense, CLAHE", dict(COLMAP_SIFT, **DENSE, contrast="clahe"), {}),
     "dense_covis": ("dense, covisibility clusters", DENSE, dict(covisibility=True)),
     "dense_inl30": ("dense, >= 30 inliers", DENSE, dict(min_inliers=30)),
+    "dense_scaled": ("dense, RANSAC threshold scaled to the image size", DENSE, dict(ransac_ref_size=1600)),
+    "colmap_dense_scaled": ("COLMAP's SIFT defaults, dense, scaled threshold", dict(COLMAP_SIFT, **DENSE),
+                            dict(ransac_ref_size=1600)),
 }
 
 
