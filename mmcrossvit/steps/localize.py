@@ -157,15 +157,20 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                                ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size),
                                cfg.covisibility, cfg.min_inliers, cfg.seed)
             row = {**r.log_row(), "condition": queries[q].condition,
-                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q]}
+                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q],
+                   # where a failed query's pose comes from: it is a stand-in, not an estimate
+                   "fallback": None if r.success else ("top retrieved image" if cands[q] else "identity")}
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row
     poses = {Path(q).name: Pose.from_qt(r["qvec"], r["tvec"]) for q, r in sorted(done.items())}
     write_poses(results_path, poses)
     failed = sorted(q for q, r in done.items() if not r["success"])
+    fallback = {kind: sorted(q for q in failed if done[q].get("fallback") == kind)
+                for kind in ("top retrieved image", "identity")}
     times = np.array([sum(r["seconds"].values()) for r in done.values()])
     summary = {"queries": len(done), "localized": len(done) - len(failed), "failed": failed,
+               "fallback_poses": fallback,
                "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
                "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
                                 for k in ("features", "matching", "pnp")} if done else {},
@@ -173,7 +178,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "matching_threads": torch.get_num_threads()}
     write_json(run.localization_summary(tag), summary)
     print(f"{summary['localized']}/{summary['queries']} queries localized "
-          f"({len(failed)} fell back to the top retrieved pose) -> {results_path}")
+          f"({len(fallback['top retrieved image'])} got the top retrieved image's pose, "
+          f"{len(fallback['identity'])} the identity: listed in {run.localization_summary(tag).name}) -> {results_path}")
     if ds.gt_poses is None:
         print("No ground truth: submit this file at https://www.visuallocalization.net/ (Aachen Day-Night).")
     return summary
