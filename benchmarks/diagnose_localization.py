@@ -205,8 +205,8 @@ def main(argv=None) -> dict:
     notes.append(f"Kinds: *localized* accepted within ({FINEST[0]:g} m, {FINEST[1]:g}°); *inaccurate* accepted within "
                  f"({COARSEST[0]:g} m, {COARSEST[1]:g}°) only; *wrong pose accepted* beyond it; failures: *retrieval "
                  f"miss* (no covisible image retrieved), *no correspondences* (< {MIN_PNP}), else *few inliers* "
-                 f"(< min_inliers = {settings['min_inliers']}). Distinct inliers: different (keypoint, 3D point) "
-                 "pairs; RANSAC counts a pair once per retrieved image that observes its point.")
+                 f"(< min_inliers = {settings['min_inliers']}). Distinct inliers: different (image position, 3D point) "
+                 "pairs; SIFT can put several keypoints (orientations) at one image position.")
     if unlogged:
         notes.append(f"**{len(unlogged)} queries with ground truth are not in the log** (e.g. {unlogged[0]}).")
     if differ:

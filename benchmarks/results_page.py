@@ -32,6 +32,10 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Throughput", "throughput.md", "python benchmarks/throughput.py"),
             ("Pipeline scale", "scale.md", "python benchmarks/scale.py --log outputs/demo/localization_log.jsonl"),
             ("Ablation (demo, held-out fold)", "ablation.md", "python benchmarks/ablation.py --dataset datasets/demo"),
+            ("Localization ceiling: levers with oracle retrieval", "sfm_levers.md",
+             "python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo"),
+            ("Why oracle localization fails (dense map)", "diagnosis_demo_dense_oracle.md",
+             "python benchmarks/diagnose_localization.py --dataset datasets/demo --preset demo --tag oracle"),
             ("How much the teacher relies on its 3D tokens", "token_reliance.md",
              "python benchmarks/token_reliance.py --dataset datasets/demo")]
 

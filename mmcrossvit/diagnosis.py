@@ -101,8 +101,8 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     gt_corr = gt_consistent(p2, p3, camera, gt_pose, px)
     gt_inl = 0 if hyp is None else int((gt_consistent(hyp[0], hyp[1], camera, gt_pose, px) & hyp[2]).sum())
     inliers = 0 if hyp is None else int(hyp[2].sum())
-    # a (keypoint, 3D point) pair is lifted once per retrieved image observing the point, so RANSAC
-    # counts it several times: how many different pairs, and query keypoints, the inliers really are
+    # SIFT puts several keypoints (orientations) at one position, so one image position can support a
+    # 3D point more than once: how many different (position, point) pairs and positions the inliers are
     in2, in3 = (np.zeros((0, 2)), np.zeros((0, 3))) if hyp is None else (hyp[0][hyp[2]], hyp[1][hyp[2]])
 
     dt, dr = pose_error(r.pose, gt_pose)

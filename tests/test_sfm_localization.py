@@ -76,9 +76,9 @@ def test_oracle_localization_recovers_ground_truth(tiny_run):
                              "--retrieval", "oracle", "--oracle-num-retrieved", "10"])
     rows = [json.loads(line) for line in (paths.out / "oracle" / "localization_log.jsonl").read_text().splitlines()]
     gt = Dataset(root).gt_poses
-    good = [r for r in rows if r["success"] and r["inliers"] >= 50]
+    good = [r for r in rows if r["success"]]
     assert len(good) >= 2, rows
-    for r in good:  # well-supported poses must be right, not just plausible
+    for r in good:  # accepted poses must be right, not just plausible (no wrong pose counted as localized)
         dt, dr = pose_error(Pose.from_qt(r["qvec"], r["tvec"]), gt[r["query"]])
         assert dt < 0.25 and dr < 2.0, (r["query"], dt, dr)
     # the results file: one line per query, benchmark format
