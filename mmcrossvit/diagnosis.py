@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .colmap_io import CameraSpec
+from .errors import DataError
 from .evaluation import THRESHOLDS, visible_points
 from .features import read_features
 from .geometry import Pose, pose_error
@@ -90,13 +91,17 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     r = localize_query(name, camera, retrieved, model, features, s["ratio"],
                        ransac_threshold(camera, s["ransac_max_error"], s["ransac_ref_size"]),
                        s["covisibility"], s["min_inliers"], s["seed"])
-    # every retrieved image's correspondences at once: the clusters partition the retrieved list,
-    # so these are what RANSAC saw, summed over clusters
-    try:
-        qf = read_features(features, name)
-    except Exception:  # as localize_query: an unreadable query has no features
-        qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
-    p2, p3, src, _ = correspondences(model, qf, features, retrieved, s["ratio"])
+    # every retrieved image's correspondences at once: without clustering these are the ones the
+    # hypothesis was fitted to (no second matching pass); clusters partition the retrieved list,
+    # so with them, matching all at once gives what RANSAC saw, summed over clusters
+    if not s["covisibility"] and r.points2d is not None:
+        p2, p3 = r.points2d, r.points3d
+    else:
+        try:
+            qf = read_features(features, name)
+        except DataError:  # as localize_query: an unreadable query has no features
+            qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
+        p2, p3, _, _ = correspondences(model, qf, features, retrieved, s["ratio"])
     hyp = None if r.points2d is None else (r.points2d, r.points3d, np.asarray(r.inliers, bool))
     gt_corr = gt_consistent(p2, p3, camera, gt_pose, px)
     gt_inl = 0 if hyp is None else int((gt_consistent(hyp[0], hyp[1], camera, gt_pose, px) & hyp[2]).sum())
