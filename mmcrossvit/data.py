@@ -6,6 +6,7 @@ normalised with ImageNet statistics (what timm's CrossViT expects).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -49,6 +50,53 @@ def night_simulation(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = cv2.GaussianBlur(x, (k, k), 0)
     x = x + rng.normal(0, rng.uniform(0.01, 0.04), x.shape).astype(np.float32)
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+class Geometry(NamedTuple):
+    """Geometric augmentation of a square training image (the student's and the image-only
+    model's; the teacher's tokens are tied to its patch grid, so it takes none).
+
+    crop_scale     smallest area fraction of a random crop (1: no crop); its aspect ratio is
+                   drawn between 3:4 and 4:3, and the crop is stretched back to the square
+    portrait_prob  probability of a portrait view instead: a 3:4 window of the full height of a
+                   4:3 landscape image, stretched to the square as a portrait query is
+    roll           largest in-plane rotation in degrees (camera roll)
+    """
+    crop_scale: float = 1.0
+    portrait_prob: float = 0.0
+    roll: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale < 1.0 or self.portrait_prob > 0.0 or self.roll > 0.0
+
+
+PORTRAIT_WIDTH = 0.5625  # a 3:4 window of a 4:3 image: (3/4) / (4/3) of its width
+
+
+def geometric_view(img: np.ndarray, rng: np.random.Generator, geo: Geometry) -> np.ndarray:
+    """A random crop (or portrait window), rotated by a small roll, resampled to the same square
+    size; the border reflects. Draws nothing when `geo` is inactive."""
+    if not geo.active:
+        return img
+    h, w = img.shape[:2]
+    if rng.random() < geo.portrait_prob:
+        cw, ch = PORTRAIT_WIDTH, 1.0
+    elif geo.crop_scale >= 1.0:
+        cw = ch = 1.0
+    else:
+        area = rng.uniform(geo.crop_scale, 1.0)
+        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+        cw, ch = min(1.0, np.sqrt(area * aspect)), min(1.0, np.sqrt(area / aspect))
+    cx, cy = rng.uniform(cw / 2, 1 - cw / 2), rng.uniform(ch / 2, 1 - ch / 2)
+    angle = np.deg2rad(rng.uniform(-geo.roll, geo.roll))
+    # source points of the output's top-left, top-right and bottom-left corners
+    c, s = np.cos(angle), np.sin(angle)
+    half = np.array([[-cw / 2, -ch / 2], [cw / 2, -ch / 2], [-cw / 2, ch / 2]])
+    src = (half @ np.array([[c, s], [-s, c]]) + [cx, cy]) * [w, h]
+    dst = np.array([[0, 0], [w, 0], [0, h]], dtype=np.float32)
+    m = cv2.getAffineTransform(src.astype(np.float32), dst)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def cyclegan_path(image_path: Path) -> Path:

@@ -1,6 +1,8 @@
 """Training losses: the teacher's contrastive loss and the student's embedding-transfer loss."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +57,12 @@ def relaxed_contrastive_loss(student: torch.Tensor, teacher: torch.Tensor,
     d = d / d.mean()
     w = w.to(d.dtype)
     return (w * d.pow(2) + (1 - w) * F.relu(delta - d).pow(2)).mean()
+
+
+def calibrated_sigma(positive_d2: torch.Tensor) -> float:
+    """A kernel width from the teacher's own distances: w = 1/2 at the median squared distance
+    of positive pairs (images sharing 3D points), so relaxed labels separate near from far
+    whatever the spread of the teacher's space (sigma = 1 assumes the spread of Kim et al.'s)."""
+    if positive_d2.numel() == 0:
+        raise ValueError("no positive pairs to calibrate the kernel width on")
+    return float(positive_d2.float().median().clamp_min(1e-6) / math.log(2.0))

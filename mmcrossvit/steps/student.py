@@ -27,19 +27,21 @@ import torch
 
 from models.crossvit import build_student
 
-from ..data import hflip_tokens
+from ..data import Geometry, hflip_tokens
 from ..errors import DataError
-from ..losses import relaxed_contrastive_loss
+from ..losses import calibrated_sigma, relaxed_contrastive_loss
 from ..paths import RunLayout
 from ..train.checkpoint import load_model
 from ..train.data import ImageCache, load_spatial_tokens, training_inputs
 from ..train.distributed import weights_checksum
 from ..train.flags import add_training_args
 from ..train.loop import Session, Task, fit, start
+from ..storage import write_npz
 from ..train.rng import derive_rng
 from ..train.validation import describe, embed_all, flat_metrics, retrieval
 
 STEP = "student"
+KERNEL_FILE = "teacher_distances.npz"  # in the training folder: the kernel's inputs, for its histograms
 S = argparse.SUPPRESS
 
 
@@ -48,8 +50,48 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", type=Path, default=None,
                    help="teacher checkpoint (default: outputs/<name>/teacher/best.pt)")
-    g.add_argument("--sigma", type=float, default=S, help="Gaussian-kernel bandwidth of the teacher similarities")
+    g.add_argument("--sigma", type=sigma_value, default=S,
+                   help="Gaussian-kernel bandwidth of the teacher similarities, or 'auto': w = 1/2 at the median "
+                        "squared teacher distance of positive training pairs (see teacher_distances.npz)")
     g.add_argument("--delta", type=float, default=S, help="margin of the relaxed contrastive loss (student distances)")
+
+
+def sigma_value(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}")
+    return v
+
+
+def distance_samples(emb: torch.Tensor, db, allowed: np.ndarray, seed: int, per_image: int = 20
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Squared teacher distances of training pairs: (every positive pair, up to `per_image`
+    random pairs per image that share no 3D point), for the kernel width and its histograms."""
+    rng = derive_rng(seed, 'kernel-stats')
+    train = np.flatnonzero(allowed)
+    pi, pj, ni, nj = [], [], [], []
+    for i in train:
+        p = db.positives(int(i))[0]
+        p = p[allowed[p]]
+        pi += [i] * len(p)
+        pj += p.tolist()
+        free = train[db.negative_mask(int(i))[train]]
+        free = free[free != i]
+        if len(free):
+            pick = rng.choice(free, min(per_image, len(free)), replace=False)
+            ni += [i] * len(pick)
+            nj += pick.tolist()
+    e = emb.float().cpu()
+
+    def d2(a, b):
+        a, b = torch.as_tensor(a, dtype=torch.long), torch.as_tensor(b, dtype=torch.long)
+        return (e[a] - e[b]).pow(2).sum(1).numpy() if len(a) else np.zeros(0, np.float32)
+    return d2(pi, pj), d2(ni, nj)
 
 
 def teacher_targets(s: Session, path: Path, cache: ImageCache) -> tuple[torch.Tensor, dict, str, dict]:
@@ -103,6 +145,18 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     pos = [p[s.allowed[p]] for p in (s.db.positives(i)[0] for i in range(len(s.names)))]
     cache = s.images(cfg.img_size)
     targets, tcfg, teacher_sum, teacher_metrics = teacher_targets(s, teacher_path, cache)
+    pos_d2, neg_d2 = distance_samples(targets[0], s.db, s.allowed, cfg.seed)
+    sigma = calibrated_sigma(torch.from_numpy(pos_d2)) if cfg.sigma == "auto" else float(cfg.sigma)
+    kernel = {'sigma': sigma, 'sigma_setting': cfg.sigma, 'positive_pairs': len(pos_d2), 'negative_pairs': len(neg_d2),
+              'median_positive_d': float(np.sqrt(np.median(pos_d2))) if len(pos_d2) else None,
+              'median_negative_d': float(np.sqrt(np.median(neg_d2))) if len(neg_d2) else None,
+              'mean_positive_w': float(np.exp(-pos_d2 / sigma).mean()) if len(pos_d2) else None,
+              'mean_negative_w': float(np.exp(-neg_d2 / sigma).mean()) if len(neg_d2) else None}
+    s.log("teacher distances: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in kernel.items()))
+    if d.main:
+        write_npz(s.dir.root / KERNEL_FILE, positive_d2=pos_d2, negative_d2=neg_d2, sigma=np.array(sigma))
+    geo = Geometry(cfg.crop_scale, cfg.portrait_prob, cfg.roll)
 
     def on_resume(ck):
         if ck['extra'].get('teacher_sha256') != teacher_sum:
@@ -121,7 +175,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
 
         def make_sample(r):
             rng = derive_rng(cfg.seed, 'student-aug', epoch, r)
-            views = [cache.view(int(i), rng, cfg.night_prob, cfg.jitter, cfg.hflip) for i in (a[r], partner[r])]
+            views = [cache.view(int(i), rng, cfg.night_prob, cfg.jitter, cfg.hflip, geo) for i in (a[r], partner[r])]
             return {'images': torch.stack([x for x, _ in views]), 'index': torch.tensor([a[r], partner[r]]),
                     'flip': torch.tensor([int(f) for _, f in views])}
         return len(a), make_sample
@@ -132,13 +186,13 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         with s.autocast():
             emb = model(x)
         # pairwise terms are within this process's share of the batch (per-GPU batch, as usual)
-        return relaxed_contrastive_loss(emb.float(), target, cfg.sigma, cfg.delta)
+        return relaxed_contrastive_loss(emb.float(), target, sigma, cfg.delta)
 
     extra = {'teacher': str(teacher_path), 'teacher_config': tcfg, 'teacher_sha256': teacher_sum}
     return fit(s, Task(build=lambda: build_student(img_size=cfg.img_size, embed_dim=cfg.embed_dim),
                        rows=len(train_idx), batch_rows=cfg.batch_size // 2, plan=plan, loss=loss, embed=embed,
                        extra=lambda: extra, on_resume=on_resume,
-                       summary={'teacher': str(teacher_path), 'teacher_val': teacher_metrics},
+                       summary={'teacher': str(teacher_path), 'teacher_val': teacher_metrics, 'kernel': kernel},
                        start_scalars={f"teacher_{k}": v for k, v in teacher_metrics.items()},
                        note=f"{len(train_idx)} training anchors; ",
                        best_note=f" (teacher {describe(teacher_metrics)})"))

@@ -27,7 +27,7 @@ import torch
 
 from models.crossvit import build_student, build_teacher
 
-from ..data import hflip_tokens
+from ..data import Geometry, hflip_tokens
 from ..errors import DataError
 from ..losses import contrastive_loss
 from ..paths import RunLayout
@@ -55,6 +55,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     kind = 'image_only' if cfg.image_only else 'teacher'
+    geo = Geometry(cfg.crop_scale, cfg.portrait_prob, cfg.roll)
+    if geo.active and not cfg.image_only:
+        raise DataError(None, "--crop-scale / --portrait-prob / --roll need --image-only: the teacher's 3D tokens are "
+                              "tied to its patch grid")
     s = start(run, cfg, kind, training_inputs(run, cfg, tokens=not cfg.image_only))
     if s.finished is not None:
         return s.finished
@@ -108,8 +112,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         def make_sample(r):
             rng = derive_rng(cfg.seed, 'teacher-aug', epoch, r)
             i, j = int(a[r]), int(partner[r])
-            xa, fa = cache.view(i, rng, 0.0, cfg.jitter, cfg.hflip)  # the anchor stays a day image
-            xp, fp = cache.view(j, rng, cfg.night_prob, cfg.jitter, cfg.hflip)
+            xa, fa = cache.view(i, rng, 0.0, cfg.jitter, cfg.hflip, geo)  # the anchor stays a day image
+            xp, fp = cache.view(j, rng, cfg.night_prob, cfg.jitter, cfg.hflip, geo)
             sample = {'images': torch.stack([xa, xp]), 'label': torch.tensor(label[r])}
             if not cfg.image_only:
                 ta, va = hflip_tokens(tokens[i], valid[i], tparams['grid']) if fa else (tokens[i], valid[i])

@@ -2,7 +2,7 @@
 
 Database images are resized once into a uint8 array (cached on disk under outputs/<name>/cache/,
 keyed by names, size and file stamps), so an epoch costs only the network; `ImageCache.view`
-applies the augmentations (night / CycleGAN, colour jitter, flip).
+applies the augmentations (night / CycleGAN, crop / portrait / roll, colour jitter, flip).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..data import color_jitter, cyclegan_path, hflip, load_resized, night_simulation, to_tensor
+from ..data import (Geometry, color_jitter, cyclegan_path, geometric_view, hflip, load_resized,
+                    night_simulation, to_tensor)
 from ..errors import DataError
 from ..paths import RunLayout
 from ..spatial_db import SpatialDB
@@ -67,7 +68,8 @@ class ImageCache:
         self.images, self.cyclegan = images, cyclegan
 
     @classmethod
-    def build(cls, dataset: Path, names, size: int, cache_dir: Path, d: Dist, progress: bool = True) -> 'ImageCache':
+    def build(cls, dataset: Path, names, size: int, cache_dir: Path, d: Dist, progress: bool = True,
+              cyclegan: bool = True) -> 'ImageCache':
         from tqdm import tqdm
         from ..layout import Dataset
         ds = Dataset(dataset)
@@ -89,18 +91,19 @@ class ImageCache:
                 np.save(tmp, imgs)
         barrier(d)
         images = np.load(file, mmap_mode='r')  # ranks and workers share the page cache
-        cyc = {i: load_resized(cyclegan_path(p), size) for i, p in enumerate(paths) if cyclegan_path(p).is_file()}
+        cyc = {i: load_resized(cyclegan_path(p), size) for i, p in enumerate(paths)
+               if cyclegan and cyclegan_path(p).is_file()}
         return cls(images, cyc)
 
     def night(self, i: int, rng: np.random.Generator) -> np.ndarray:
         return self.cyclegan[i] if i in self.cyclegan else night_simulation(np.asarray(self.images[i]), rng)
 
-    def view(self, i: int, rng: np.random.Generator, night_prob: float, jitter: float, flip_prob: float
-             ) -> tuple[torch.Tensor, bool]:
+    def view(self, i: int, rng: np.random.Generator, night_prob: float, jitter: float, flip_prob: float,
+             geo: Geometry = Geometry()) -> tuple[torch.Tensor, bool]:
         """One augmented view: (normalised (3, S, S) tensor, flipped?). Draw order is fixed."""
         night, flip = rng.random() < night_prob, rng.random() < flip_prob
         img = self.night(i, rng) if night else np.asarray(self.images[i])
-        img = color_jitter(img, rng, jitter)
+        img = color_jitter(geometric_view(img, rng, geo), rng, jitter)
         return to_tensor(hflip(img) if flip else img), flip
 
     def batch(self, idx, night_seed: Optional[int] = None) -> torch.Tensor:
@@ -155,4 +158,20 @@ def training_inputs(run: RunLayout, cfg, tokens: bool, teacher: Optional[Path] =
         out["teacher"] = records.fingerprint(teacher)
     if getattr(cfg, "init_from", None):
         out["init_from"] = records.fingerprint(cfg.init_from)
+    if getattr(cfg, "cyclegan", False):
+        out["night_images"] = night_images_digest(run)
     return out
+
+
+def night_images_digest(run: RunLayout) -> Optional[str]:
+    """Which `<name>_cyclegan` night renderings of the spatial DB's images exist, and their
+    stamps: adding, changing or removing one retrains. None when there are none."""
+    from .. import records
+    from ..layout import Dataset
+    ds = Dataset(run.dataset)
+    found = {}
+    for n in SpatialDB.load(run.spatial_db).names:
+        p = cyclegan_path(ds.image_path(str(n)))
+        if p.is_file():
+            found[str(n)] = records.stamp(p)
+    return records.digest(found) if found else None

@@ -30,8 +30,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--img-size", type=int, default=S, help="square input size in pixels")
     g.add_argument("--embed-dim", type=int, default=S, help="descriptor size")
-    g.add_argument("--init-from", type=Path, default=None,
-                   help="initialise from a local checkpoint (tensors matching by name and shape)")
+    g.add_argument("--init", "--init-from", dest="init_from", type=Path, default=None,
+                   help="initialise from a local state dict: a .safetensors file or a weights_only torch checkpoint, "
+                        "e.g. timm's crossvit_tiny_240 saved on a machine with internet, or a trained student / "
+                        "teacher (tensors matching by name and shape; position embeddings resampled)")
     g.add_argument("--pretrained", action="store_true",
                    help="initialise from timm's ImageNet crossvit_tiny_240 weights (needs internet or an HF cache)")
     g = p.add_argument_group("optimisation")
@@ -48,8 +50,16 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation")
     g.add_argument("--night-prob", type=float, default=S,
                    help="probability that an image is made night (its _cyclegan file if any, else simulated)")
+    g.add_argument("--cyclegan", action=argparse.BooleanOptionalAction, default=S,
+                   help="use the database images' <name>_cyclegan night renderings where they exist "
+                        "(--no-cyclegan: always the photometric night simulation)")
     g.add_argument("--hflip", type=float, default=S, help="horizontal flip probability (tokens flipped too)")
     g.add_argument("--jitter", type=float, default=S, help="colour-jitter strength (photometric only; 0: off)")
+    g.add_argument("--crop-scale", type=float, default=S,
+                   help="smallest area fraction of a random crop, aspect 3:4..4:3 (1: no crop; image-only models)")
+    g.add_argument("--portrait-prob", type=float, default=S,
+                   help="probability of a portrait view (a 3:4 window of the landscape image; image-only models)")
+    g.add_argument("--roll", type=float, default=S, help="largest random in-plane rotation in degrees (image-only models)")
     g = p.add_argument_group("validation")
     g.add_argument("--val-fold", type=int, default=S,
                    help="fold of the spatial DB held out as validation anchors (-1: none held out, validate on all)")

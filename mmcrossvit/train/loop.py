@@ -64,7 +64,8 @@ class Session:
                 **vars(self.cfg)}
 
     def images(self, size: int) -> ImageCache:
-        return ImageCache.build(self.run.dataset, self.names, size, self.run.cache, self.d)
+        return ImageCache.build(self.run.dataset, self.names, size, self.run.cache, self.d,
+                                cyclegan=getattr(self.cfg, 'cyclegan', True))
 
 
 def start(run: RunLayout, cfg: argparse.Namespace, kind: str, inputs: dict) -> Session:

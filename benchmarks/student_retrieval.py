@@ -1,0 +1,215 @@
+"""What limits the student's retrieval: recipes compared over seeds, on a preprocessed run.
+
+    python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --seeds 0 1 2
+    python benchmarks/student_retrieval.py --variants preset sigma1 image_only --seeds 0 1 2
+
+Each variant is the preset's student (or, for `image_only`, an image-only CrossViT trained with the
+teacher's contrastive loss on the same pairs, at the student's size, budget and augmentation),
+changed by a few settings and trained in-process once per seed under
+outputs/<name>/ablation/student_study/<variant>_s<seed>/ (reused while its inputs and settings
+are unchanged). The pipeline's teacher (outputs/<name>/teacher) is the one distilled.
+
+For each trained model it measures, with the model's clean embeddings of every database image:
+  train R@K    anchors of the training folds (what the student was fitted on)
+  held-out R@K anchors of the validation fold (database images it never saw)
+  query R@K    the dataset's queries, positives from ground truth (>= min_shared shared points),
+               split by day/night and by landscape/portrait
+and, from the distillation's teacher_distances.npz, histograms of the teacher's squared distances
+of positive and negative training pairs with the kernel weights of sigma = 1 and the calibrated
+sigma. Writes benchmarks/results/student_retrieval.{md,json,png}.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from report import finish, machine_info, markdown_table, run_parser  # noqa: E402 (puts the repo on sys.path)
+
+from mmcrossvit import cli  # noqa: E402
+from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.localization import SfMModel  # noqa: E402
+from mmcrossvit.paths import RunLayout  # noqa: E402
+from mmcrossvit.retrieval import compute_descriptors, file_fingerprint, stack, topk  # noqa: E402
+from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
+from mmcrossvit.evaluation import query_positives, retrieval_metrics  # noqa: E402
+from mmcrossvit.steps import execute, student, teacher  # noqa: E402
+from mmcrossvit.storage import read_json, read_npz  # noqa: E402
+from mmcrossvit.train.checkpoint import load_model  # noqa: E402
+from mmcrossvit.train.data import split_folds  # noqa: E402
+
+KS = (1, 5, 10, 20)
+NO_GEO = dict(crop_scale=1.0, portrait_prob=0.0, roll=0.0)
+# name -> (label, trainer, overrides of the student's preset settings)
+VARIANTS = {
+    "preset": ("student (preset)", "student", {}),
+    "sigma1": ("student, sigma = 1 (the paper's kernel)", "student", dict(sigma=1.0)),
+    "sigma_auto": ("student, calibrated sigma", "student", dict(sigma="auto")),
+    "no_geo": ("student, no geometric augmentation", "student", NO_GEO),
+    "geo": ("student, crop 0.6 / portrait 0.25 / roll 5", "student",
+            dict(crop_scale=0.6, portrait_prob=0.25, roll=5.0)),
+    "no_cyclegan": ("student, simulated night only", "student", dict(cyclegan=False)),
+    "init_teacher": ("student, initialised from the teacher", "student", dict(init_from="TEACHER")),
+    "px160": ("student, 160 px", "student", dict(img_size=160)),
+    "epochs2x": ("student, twice the epochs", "student", dict(epochs="2x")),
+    "image_only": ("image-only CrossViT, same budget (no teacher)", "image_only", {}),
+}
+# the student's settings an image-only run takes over, for the same size, budget and augmentation
+SHARED = ("img_size", "embed_dim", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+          "warmup_epochs", "min_lr_ratio", "grad_clip", "night_prob", "cyclegan", "hflip", "jitter", "crop_scale",
+          "portrait_prob", "roll", "val_every")
+
+
+def settings_for(variant: str, preset: str, seed: int, run: RunLayout, out: Path, common: dict):
+    _, kind, overrides = VARIANTS[variant]
+    base = vars(cli.settings(student, preset))
+    ov = {**common, **overrides}
+    if ov.get("init_from") == "TEACHER":
+        ov["init_from"] = run.teacher_checkpoint
+    if ov.get("epochs") == "2x":
+        ov["epochs"] = 2 * base["epochs"]
+    if kind == "student":
+        return student, cli.settings(student, preset, seed=seed, out=out, **ov)
+    shared = {k: base[k] for k in SHARED}
+    return teacher, cli.settings(teacher, preset, seed=seed, out=out, image_only=True, **{**shared, **ov})
+
+
+@torch.no_grad()
+def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: int, ckpt: Path) -> dict:
+    """Train / held-out / query recall of one checkpoint (clean embeddings, inner product)."""
+    model = load_model(ckpt, "cuda" if torch.cuda.is_available() else "cpu", arch="student")
+    device = next(model.parameters()).device
+    names = [str(n) for n in sdb.names]
+    queries = sorted(ds.queries)
+    paths = {n: ds.image_path(n) for n in names + queries}
+    desc = compute_descriptors(model, paths, model.config["img_size"], ckpt.parent / "descriptors.h5",
+                               file_fingerprint(ckpt), 32, str(device))
+    D, Q = stack(desc, names), stack(desc, queries)
+    d_idx, _ = topk(D, D, max(KS), exclude_self=True)
+    train_idx, val_idx = split_folds(sdb, val_fold)
+    pos = [set(sdb.positives(i)[0].tolist()) for i in range(len(names))]
+    out = {"train": retrieval_metrics(d_idx[train_idx], [pos[i] for i in train_idx], KS),
+           "held-out": retrieval_metrics(d_idx[val_idx], [pos[i] for i in val_idx], KS)}
+    q_idx, _ = topk(Q, D, max(KS))
+    groups = {"queries": range(len(queries))}
+    for cond in ("day", "night"):
+        groups[f"{cond} queries"] = [i for i, q in enumerate(queries) if ds.queries[q].condition == cond]
+    for cond in ("day", "night"):
+        for orient in ("landscape", "portrait"):
+            groups[f"{cond}, {orient}"] = [
+                i for i, q in enumerate(queries) if ds.queries[q].condition == cond
+                and (ds.queries[q].camera.height > ds.queries[q].camera.width) == (orient == "portrait")]
+    for g, sel in groups.items():
+        sel = list(sel)
+        if sel:
+            out[g] = retrieval_metrics(q_idx[sel], [qpos[i] for i in sel], KS)
+    return out
+
+
+def kernel_figure(npz: Path, png: Path) -> dict:
+    """Histograms of the teacher's squared distances (positive vs negative training pairs) and
+    the kernel weights they get with sigma = 1 and with the run's sigma."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    k = read_npz(npz)
+    pos, neg, sigma = k["positive_d2"], k["negative_d2"], float(k["sigma"])
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    bins = np.linspace(0, max(float(np.max(neg, initial=0)), float(np.max(pos, initial=0)), 1e-3), 50)
+    ax[0].hist([pos, neg], bins=bins, label=[f"positive pairs ({len(pos)})", f"negative pairs ({len(neg)})"],
+               density=True, histtype="step", linewidth=2)
+    ax[0].set(title="teacher squared distance", xlabel="||t_i - t_j||^2")
+    ax[0].legend()
+    for a, s in ((ax[1], 1.0), (ax[2], sigma)):
+        a.hist([np.exp(-pos / s), np.exp(-neg / s)], bins=np.linspace(0, 1, 41), density=True, histtype="step",
+               linewidth=2, label=["positive", "negative"])
+        a.set(title=f"kernel weight w = exp(-d^2 / sigma), sigma = {s:.3g}", xlabel="w")
+        a.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    stats = {}
+    for s_name, s in (("sigma=1", 1.0), (f"sigma={sigma:.3g}", sigma)):
+        stats[s_name] = {"positive_w_mean": float(np.exp(-pos / s).mean()) if len(pos) else None,
+                         "negative_w_mean": float(np.exp(-neg / s).mean()) if len(neg) else None}
+    return {"median_positive_d2": float(np.median(pos)) if len(pos) else None,
+            "median_negative_d2": float(np.median(neg)) if len(neg) else None, "sigma": sigma, "weights": stats}
+
+
+def mean_sd(values: list[float]) -> str:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+
+def main(argv=None) -> dict:
+    p = run_parser(__doc__)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                   help="which recipes to train and measure: " + ", ".join(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (the teacher stays the same)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings applied to every variant, e.g. epochs=24 (values parsed as JSON, else text)")
+    p.add_argument("--tag", default="student_retrieval", help="report name under --results")
+    args = p.parse_args(argv)
+    common = {}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        try:
+            common[k.replace("-", "_")] = json.loads(v)
+        except ValueError:
+            common[k.replace("-", "_")] = v
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    ds, sdb = Dataset(run.dataset), SpatialDB.load(run.spatial_db)
+    qpos = query_positives(ds, SfMModel.load(run.sfm), [str(n) for n in sdb.names], sdb.min_shared)
+    val_fold = cli.settings(student, args.preset).val_fold
+    results: dict = {"machine": machine_info(), "preset": args.preset, "seeds": args.seeds, "set": common,
+                     "variants": {}}
+    for v in args.variants:
+        rows = []
+        for seed in args.seeds:
+            out = run.ablation(f"student_study/{v}_s{seed}")
+            module, cfg = settings_for(v, args.preset, seed, run, out, common)
+            summary = execute(module, run, cfg)
+            m = measure(run, ds, sdb, qpos, val_fold, out / "best.pt")
+            rows.append({"seed": seed, "train_seconds": summary.get("train_seconds"), "metrics": m,
+                         "kernel": summary.get("kernel")})
+            print(f"{v} seed {seed}: " + ", ".join(f"{g} R@1 {r['R'][1]:.3f}" for g, r in m.items()))
+        results["variants"][v] = {"label": VARIANTS[v][0], "runs": rows}
+        first = run.ablation(f"student_study/{v}_s{args.seeds[0]}") / "teacher_distances.npz"
+        if first.exists() and "kernel" not in results:
+            results["kernel"] = kernel_figure(first, Path(str(args.results / args.tag) + "_kernel.png"))
+
+    groups = ["train", "held-out", "day queries", "night queries", "day, landscape", "day, portrait",
+              "night, landscape", "night, portrait"]
+    md = [f"# Student retrieval on `{run.name}` (preset `{args.preset}`, seeds {args.seeds}"
+          + (f", {common}" if common else "") + ")", "",
+          "Recall@1 (mean ± sd over seeds) of the model's clean embeddings. train / held-out: database anchors of "
+          "the training folds / of the validation fold among all database images; queries: positives from ground "
+          "truth. Command: `python benchmarks/student_retrieval.py " + " ".join(argv or []) + "`", ""]
+    header = ["model"] + [f"{g} R@1" for g in groups] + ["day R@5", "night R@5", "train s"]
+    table = []
+    for v, r in results["variants"].items():
+        def col(g, k=1):
+            return mean_sd([run_["metrics"].get(g, {}).get("R", {}).get(k) for run_ in r["runs"]])
+        table.append([r["label"]] + [col(g) for g in groups] + [col("day queries", 5), col("night queries", 5),
+                     f"{np.mean([x['train_seconds'] or 0 for x in r['runs']]):.0f}"])
+    md.append(markdown_table(header, table))
+    n = {g: results["variants"][args.variants[0]]["runs"][0]["metrics"].get(g, {}).get("anchors")
+         for g in groups}
+    md += ["", "Anchors / queries with positives per group: " + ", ".join(f"{g} {c}" for g, c in n.items())]
+    if "kernel" in results:
+        k = results["kernel"]
+        md += ["", f"Teacher distances (training pairs): median squared distance positive {k['median_positive_d2']:.3f}, "
+                   f"negative {k['median_negative_d2']:.3f}. Mean kernel weight positive / negative: "
+               + "; ".join(f"{s}: {w['positive_w_mean']:.3f} / {w['negative_w_mean']:.3f}" for s, w in k["weights"].items())
+               + f". Histograms: `{args.tag}_kernel.png`."]
+    return finish(str(args.results / args.tag), md, results)
+
+
+if __name__ == "__main__":
+    main()
