@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,11 @@ from report import finish, machine_info, markdown_table, run_parser  # noqa: E40
 
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.localization import SfMModel  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.retrieval import compute_descriptors, file_fingerprint, stack, topk  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
 from mmcrossvit.evaluation import query_positives, retrieval_metrics  # noqa: E402
+from mmcrossvit.storage import write_json  # noqa: E402
 from mmcrossvit.steps import execute, student, teacher  # noqa: E402
 from mmcrossvit.storage import read_json, read_npz  # noqa: E402
 from mmcrossvit.train.checkpoint import load_model  # noqa: E402
@@ -51,9 +52,14 @@ VARIANTS = {
     "no_geo": ("student, no geometric augmentation", "student", NO_GEO),
     "geo": ("student, crop 0.6 / portrait 0.25 / roll 5", "student",
             dict(crop_scale=0.6, portrait_prob=0.25, roll=5.0)),
+    "auto_geo": ("student, calibrated sigma + geometric augmentation", "student",
+                 dict(sigma="auto", crop_scale=0.6, portrait_prob=0.25, roll=5.0)),
+    "regression": ("student, + per-image regression onto the teacher", "student", dict(regression=1.0)),
+    "regression_geo": ("student, + regression, calibrated sigma, geometric augmentation", "student",
+                       dict(regression=1.0, sigma="auto", crop_scale=0.6, portrait_prob=0.25, roll=5.0)),
     "no_cyclegan": ("student, simulated night only", "student", dict(cyclegan=False)),
     "init_teacher": ("student, initialised from the teacher", "student", dict(init_from="TEACHER")),
-    "px160": ("student, 160 px", "student", dict(img_size=160)),
+    "px240": ("student, 240 px (the paper's size)", "student", dict(img_size=240)),
     "epochs2x": ("student, twice the epochs", "student", dict(epochs="2x")),
     "image_only": ("image-only CrossViT, same budget (no teacher)", "image_only", {}),
 }
@@ -63,16 +69,16 @@ SHARED = ("img_size", "embed_dim", "epochs", "batch_size", "optimizer", "lr", "w
           "portrait_prob", "roll", "val_every")
 
 
-def settings_for(variant: str, preset: str, seed: int, run: RunLayout, out: Path, common: dict):
+def settings_for(variant: str, preset: str, seed: int, teacher_path: Path, out: Path, common: dict):
     _, kind, overrides = VARIANTS[variant]
     base = vars(cli.settings(student, preset))
     ov = {**common, **overrides}
     if ov.get("init_from") == "TEACHER":
-        ov["init_from"] = run.teacher_checkpoint
+        ov["init_from"] = teacher_path
     if ov.get("epochs") == "2x":
         ov["epochs"] = 2 * base["epochs"]
     if kind == "student":
-        return student, cli.settings(student, preset, seed=seed, out=out, **ov)
+        return student, cli.settings(student, preset, seed=seed, out=out, teacher=teacher_path, **ov)
     shared = {k: base[k] for k in SHARED}
     return teacher, cli.settings(teacher, preset, seed=seed, out=out, image_only=True, **{**shared, **ov})
 
@@ -107,6 +113,24 @@ def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: i
         if sel:
             out[g] = retrieval_metrics(q_idx[sel], [qpos[i] for i in sel], KS)
     return out
+
+
+def cached_query_positives(run: RunLayout, ds: Dataset, sdb: SpatialDB, path: Path) -> list:
+    """Ground-truth positives of each query (sorted by name), computed from the SfM model when the
+    run has one and kept in `path`, so that a machine without pycolmap or the model can reuse them."""
+    names = [str(n) for n in sdb.names]
+    if (run.sfm / "points3D.bin").exists():
+        from mmcrossvit.localization import SfMModel  # needs pycolmap
+        qpos = query_positives(ds, SfMModel.load(run.sfm), names, sdb.min_shared)
+        write_json(path, {"db_names": names, "queries": sorted(ds.queries), "min_shared": sdb.min_shared,
+                          "positives": [sorted(int(i) for i in q) for q in qpos]})
+        return qpos
+    if not path.exists():
+        raise SystemExit(f"error: {run.sfm} has no model and {path} holds no query positives")
+    saved = read_json(path)
+    if saved["db_names"] != names or saved["queries"] != sorted(ds.queries):
+        raise SystemExit(f"error: {path} was computed for other database images or queries")
+    return [set(q) for q in saved["positives"]]
 
 
 def kernel_figure(npz: Path, png: Path) -> dict:
@@ -155,6 +179,14 @@ def main(argv=None) -> dict:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="settings applied to every variant, e.g. epochs=24 (values parsed as JSON, else text)")
     p.add_argument("--tag", default="student_retrieval", help="report name under --results")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="teacher checkpoint to distil (default: outputs/<name>/teacher/best.pt)")
+    p.add_argument("--query-positives", type=Path, default=None,
+                   help="cache of the queries' ground-truth positives (default: "
+                        "outputs/<name>/ablation/student_study/query_positives.json)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="only combine the runs of earlier reports (e.g. one per seed, run in parallel under "
+                        "different --outputs) into one report")
     args = p.parse_args(argv)
     common = {}
     for kv in args.set:
@@ -164,8 +196,12 @@ def main(argv=None) -> dict:
         except ValueError:
             common[k.replace("-", "_")] = v
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    if args.merge:
+        return report(run, args, argv, merge(args.merge))
     ds, sdb = Dataset(run.dataset), SpatialDB.load(run.spatial_db)
-    qpos = query_positives(ds, SfMModel.load(run.sfm), [str(n) for n in sdb.names], sdb.min_shared)
+    qpos = cached_query_positives(run, ds, sdb, args.query_positives
+                                  or run.ablation("student_study") / "query_positives.json")
+    teacher_path = args.teacher or run.teacher_checkpoint
     val_fold = cli.settings(student, args.preset).val_fold
     results: dict = {"machine": machine_info(), "preset": args.preset, "seeds": args.seeds, "set": common,
                      "variants": {}}
@@ -173,33 +209,55 @@ def main(argv=None) -> dict:
         rows = []
         for seed in args.seeds:
             out = run.ablation(f"student_study/{v}_s{seed}")
-            module, cfg = settings_for(v, args.preset, seed, run, out, common)
+            module, cfg = settings_for(v, args.preset, seed, teacher_path, out, common)
             summary = execute(module, run, cfg)
             m = measure(run, ds, sdb, qpos, val_fold, out / "best.pt")
             rows.append({"seed": seed, "train_seconds": summary.get("train_seconds"), "metrics": m,
                          "kernel": summary.get("kernel")})
             print(f"{v} seed {seed}: " + ", ".join(f"{g} R@1 {r['R'][1]:.3f}" for g, r in m.items()))
         results["variants"][v] = {"label": VARIANTS[v][0], "runs": rows}
+        write_json(str(args.results / args.tag) + ".json", results)  # so far: an interrupted study keeps its runs
         first = run.ablation(f"student_study/{v}_s{args.seeds[0]}") / "teacher_distances.npz"
         if first.exists() and "kernel" not in results:
-            results["kernel"] = kernel_figure(first, Path(str(args.results / args.tag) + "_kernel.png"))
+            png = Path(str(args.results / args.tag) + "_kernel.png")
+            results["kernel"] = {**kernel_figure(first, png), "figure": png.name}
+    return report(run, args, argv, results)
 
+
+def merge(files: list[Path]) -> dict:
+    """One result from several reports: each variant's runs concatenated (seeds in order)."""
+    parts = [read_json(f) for f in files]
+    out = {**parts[0], "variants": {}, "merged_from": [str(f) for f in files]}
+    for part in parts:
+        for v, r in part["variants"].items():
+            out["variants"].setdefault(v, {"label": r["label"], "runs": []})["runs"] += r["runs"]
+    for r in out["variants"].values():
+        r["runs"].sort(key=lambda x: x["seed"])
+    out["seeds"] = sorted({x["seed"] for r in out["variants"].values() for x in r["runs"]})
+    return out
+
+
+def report(run: RunLayout, args, argv, results: dict) -> dict:
+    variants = list(results["variants"])
+    common = results.get("set") or {}
     groups = ["train", "held-out", "day queries", "night queries", "day, landscape", "day, portrait",
               "night, landscape", "night, portrait"]
-    md = [f"# Student retrieval on `{run.name}` (preset `{args.preset}`, seeds {args.seeds}"
+    md = [f"# Student retrieval on `{run.name}` (preset `{results['preset']}`, seeds {results['seeds']}"
           + (f", {common}" if common else "") + ")", "",
           "Recall@1 (mean ± sd over seeds) of the model's clean embeddings. train / held-out: database anchors of "
           "the training folds / of the validation fold among all database images; queries: positives from ground "
-          "truth. Command: `python benchmarks/student_retrieval.py " + " ".join(argv or []) + "`", ""]
+          "truth. Command: `python benchmarks/student_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
+          + "`", ""]
     header = ["model"] + [f"{g} R@1" for g in groups] + ["day R@5", "night R@5", "train s"]
     table = []
     for v, r in results["variants"].items():
         def col(g, k=1):
-            return mean_sd([run_["metrics"].get(g, {}).get("R", {}).get(k) for run_ in r["runs"]])
+            rs = [run_["metrics"].get(g, {}).get("R", {}) for run_ in r["runs"]]
+            return mean_sd([x.get(k, x.get(str(k))) for x in rs])  # int keys, or str after JSON
         table.append([r["label"]] + [col(g) for g in groups] + [col("day queries", 5), col("night queries", 5),
                      f"{np.mean([x['train_seconds'] or 0 for x in r['runs']]):.0f}"])
     md.append(markdown_table(header, table))
-    n = {g: results["variants"][args.variants[0]]["runs"][0]["metrics"].get(g, {}).get("anchors")
+    n = {g: results["variants"][variants[0]]["runs"][0]["metrics"].get(g, {}).get("anchors")
          for g in groups}
     md += ["", "Anchors / queries with positives per group: " + ", ".join(f"{g} {c}" for g, c in n.items())]
     if "kernel" in results:
@@ -207,7 +265,7 @@ def main(argv=None) -> dict:
         md += ["", f"Teacher distances (training pairs): median squared distance positive {k['median_positive_d2']:.3f}, "
                    f"negative {k['median_negative_d2']:.3f}. Mean kernel weight positive / negative: "
                + "; ".join(f"{s}: {w['positive_w_mean']:.3f} / {w['negative_w_mean']:.3f}" for s, w in k["weights"].items())
-               + f". Histograms: `{args.tag}_kernel.png`."]
+               + f". Histograms: `{k['figure']}`."]
     return finish(str(args.results / args.tag), md, results)
 
 

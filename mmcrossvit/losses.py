@@ -66,3 +66,12 @@ def calibrated_sigma(positive_d2: torch.Tensor) -> float:
     if positive_d2.numel() == 0:
         raise ValueError("no positive pairs to calibrate the kernel width on")
     return float(positive_d2.float().median().clamp_min(1e-6) / math.log(2.0))
+
+
+def embedding_regression_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean_i(1 - cos(s_i, t_i)): each image's student embedding regresses onto the teacher's own
+    (same size). A dense target per image, where the relaxed loss only ranks pairs."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"regression needs the teacher's embedding size: student {tuple(student.shape)}, "
+                         f"teacher {tuple(teacher.shape)}")
+    return (1 - F.cosine_similarity(student, teacher.to(student.dtype), dim=1)).mean()

@@ -12,6 +12,16 @@ from .generate import generate
 from .params import PARAM_HELP, scene_presets
 
 
+def _flag(text: str) -> bool:
+    """A boolean parameter's value: 1/0, true/false, yes/no, on/off."""
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m datasets.synthetic_town",
@@ -21,7 +31,7 @@ def main(argv=None) -> int:
                     "Deterministic from --seed. Every preset parameter can be overridden by its flag.")
     presets = scene_presets()
     sizes = "; ".join(f"{name}: {v['num_db'] + v['num_day'] + v['num_night']} images of {v['width']}x{v['height']}"
-                      for name, v in presets.items())
+                      + (" + the database at night" if v.get("night_db") else "") for name, v in presets.items())
     ap.add_argument("--preset", choices=sorted(presets), default="tiny",
                     help=f"size preset from mmcrossvit/presets.py ({sizes}; tiny is for tests) (default: tiny)")
     ap.add_argument("--out", type=Path, default=None, help="output dataset folder (default: datasets/<preset>)")
@@ -30,7 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     for key, text in PARAM_HELP.items():
         values = ", ".join(f"{name}: {v[key]}" for name, v in presets.items())
-        ap.add_argument("--" + key.replace("_", "-"), type=type(presets["tiny"][key]), default=None,
+        kind = type(presets["tiny"][key])
+        ap.add_argument("--" + key.replace("_", "-"), type=_flag if kind is bool else kind, default=None,
                         help=f"{text} ({values})")
     args = ap.parse_args(argv)
     overrides = {k: getattr(args, k) for k in PARAM_HELP if getattr(args, k) is not None}

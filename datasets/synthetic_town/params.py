@@ -9,6 +9,10 @@ PARAM_HELP = {
     "num_db": "number of database images (spread evenly along the inner streets)",
     "num_day": "number of day queries (novel positions, headings, pitch and focal lengths)",
     "num_night": "number of night queries (same sampling as day, rendered at night)",
+    "night_db": "also render every database view at night, as <stem>_cyclegan.jpg beside it (the night "
+                "versions of the database images that training pairs with day images; never a database image)",
+    "night_db_scale": "resolution of the night database renderings as a fraction of width x height "
+                      "(intrinsics scaled; training reads them at 120-240 px)",
     "width": "image width in pixels (portrait queries swap width and height)",
     "height": "image height in pixels",
     "supersample": "render at this many times the output size per axis, then reduce (anti-aliasing)",

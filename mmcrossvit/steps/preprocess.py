@@ -80,7 +80,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     incremental = cfg.mapper == "incremental"
     if incremental:
         db_names = sorted(str(p.relative_to(ds.images_dir)) for p in (ds.images_dir / "db").rglob("*")
-                          if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+                          if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.stem.endswith("_cyclegan"))
         summary = {"database_images": len(db_names), "queries": len(ds.queries)}
     else:
         summary = ds.validate(check_images=not cfg.skip_validation)

@@ -6,10 +6,17 @@ with probability --night-prob (its `<name>_cyclegan` file if any, else simulated
 invariance is distilled along with the teacher's 3D-aware geometry. The loss is the relaxed
 contrastive loss of Kim et al. (CVPR 2021): the teacher's Gaussian-kernel similarities
 w_ij = exp(-||t_i - t_j||^2 / sigma) are soft labels for the student's scale-normalised
-distances (sigma = 1, delta = 1 by default, the paper's values; teacher embeddings are unit
-vectors, so w ranges over [exp(-4), 1]). Each batch is --batch-size / 2 random training anchors
-plus one random positive of each (an image sharing 3D points; a random training image when an
-anchor has none), so every batch holds similar pairs as well as dissimilar ones.
+distances (sigma = 1, delta = 1 in the paper preset, the paper's values; teacher embeddings are
+unit vectors, so w ranges over [exp(-4), 1]). Each batch is --batch-size / 2 random training
+anchors plus one random positive of each (an image sharing 3D points; a random training image when
+an anchor has none), so every batch holds similar pairs as well as dissimilar ones.
+
+Options measured by benchmarks/student_retrieval.py (the demo preset uses them): --sigma auto
+(w = 1/2 at the median squared teacher distance of positive pairs; with sigma = 1 the demo's
+positives get w 0.81 and its negatives 0.47), --regression W (adds W * (1 - cos) between each
+image's student and teacher embeddings: a dense target per image), and geometric augmentation
+(--crop-scale, --portrait-prob, --roll). The teacher's distance samples and the kernel width are
+saved in <out>/teacher_distances.npz.
 
 Note: the authors' published student script fine-tunes the student with the teacher's
 contrastive loss on spatial pairs instead; this step follows the paper's description (the
@@ -29,7 +36,7 @@ from models.crossvit import build_student
 
 from ..data import Geometry, hflip_tokens
 from ..errors import DataError
-from ..losses import calibrated_sigma, relaxed_contrastive_loss
+from ..losses import calibrated_sigma, embedding_regression_loss, relaxed_contrastive_loss
 from ..paths import RunLayout
 from ..train.checkpoint import load_model
 from ..train.data import ImageCache, load_spatial_tokens, training_inputs
@@ -54,6 +61,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="Gaussian-kernel bandwidth of the teacher similarities, or 'auto': w = 1/2 at the median "
                         "squared teacher distance of positive training pairs (see teacher_distances.npz)")
     g.add_argument("--delta", type=float, default=S, help="margin of the relaxed contrastive loss (student distances)")
+    g.add_argument("--regression", type=float, default=S,
+                   help="weight of an added per-image term 1 - cos(student, teacher) (0: the paper's loss alone; "
+                        "needs --embed-dim equal to the teacher's)")
 
 
 def sigma_value(text: str):
@@ -145,6 +155,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     pos = [p[s.allowed[p]] for p in (s.db.positives(i)[0] for i in range(len(s.names)))]
     cache = s.images(cfg.img_size)
     targets, tcfg, teacher_sum, teacher_metrics = teacher_targets(s, teacher_path, cache)
+    if cfg.regression > 0 and tcfg['embed_dim'] != cfg.embed_dim:
+        raise DataError(teacher_path, f"--regression needs --embed-dim {tcfg['embed_dim']} (the teacher's), "
+                                      f"not {cfg.embed_dim}")
     pos_d2, neg_d2 = distance_samples(targets[0], s.db, s.allowed, cfg.seed)
     sigma = calibrated_sigma(torch.from_numpy(pos_d2)) if cfg.sigma == "auto" else float(cfg.sigma)
     kernel = {'sigma': sigma, 'sigma_setting': cfg.sigma, 'positive_pairs': len(pos_d2), 'negative_pairs': len(neg_d2),
@@ -186,7 +199,10 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         with s.autocast():
             emb = model(x)
         # pairwise terms are within this process's share of the batch (per-GPU batch, as usual)
-        return relaxed_contrastive_loss(emb.float(), target, sigma, cfg.delta)
+        out = relaxed_contrastive_loss(emb.float(), target, sigma, cfg.delta)
+        if cfg.regression > 0:
+            out = out + cfg.regression * embedding_regression_loss(emb.float(), target)
+        return out
 
     extra = {'teacher': str(teacher_path), 'teacher_config': tcfg, 'teacher_sha256': teacher_sum}
     return fit(s, Task(build=lambda: build_student(img_size=cfg.img_size, embed_dim=cfg.embed_dim),
