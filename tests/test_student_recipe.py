@@ -130,3 +130,21 @@ def test_init_from_a_saved_state_dict(tmp_path):
     teacher_main(args + ["--init-from", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "b")])
     w2 = state_of(tmp_path / "b" / "last.pt")["model"]["blocks.0.blocks.0.0.attn.qkv.weight"]
     assert torch.allclose(w2, w, atol=1e-4)
+
+
+def test_regression_term_pulls_each_image_to_its_teacher_embedding():
+    from mmcrossvit.losses import embedding_regression_loss
+    t = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert float(embedding_regression_loss(2 * t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(embedding_regression_loss(-t, t)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="embedding size"):
+        embedding_regression_loss(t[:, :4], t)
+
+
+def test_regression_needs_the_teachers_embedding_size(tmp_path):
+    r = make_run(tmp_path)
+    teacher_main(r["args"] + FAST + ["--val-every", "0"])
+    args = r["args"] + ["--preset", "tiny", "--threads", "1", "--val-every", "0", "--epochs", "1", "--regression", "1"]
+    assert student_main(args + ["--out", str(tmp_path / "ok")])["finished"]
+    with pytest.raises(DataError, match="--regression needs --embed-dim 32"):
+        student_main(args + ["--embed-dim", "16", "--out", str(tmp_path / "bad")])
