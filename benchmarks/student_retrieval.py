@@ -32,6 +32,7 @@ from report import finish, machine_info, markdown_table, run_parser  # noqa: E40
 
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.losses import calibrated_sigma  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.retrieval import compute_descriptors, file_fingerprint, stack, topk  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
@@ -135,12 +136,13 @@ def cached_query_positives(run: RunLayout, ds: Dataset, sdb: SpatialDB, path: Pa
 
 def kernel_figure(npz: Path, png: Path) -> dict:
     """Histograms of the teacher's squared distances (positive vs negative training pairs) and
-    the kernel weights they get with sigma = 1 and with the run's sigma."""
+    the kernel weights they get with sigma = 1 and with the calibrated sigma (--sigma auto)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     k = read_npz(npz)
-    pos, neg, sigma = k["positive_d2"], k["negative_d2"], float(k["sigma"])
+    pos, neg = k["positive_d2"], k["negative_d2"]
+    sigma = calibrated_sigma(torch.from_numpy(pos))  # what --sigma auto gives, whatever the run used
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     bins = np.linspace(0, max(float(np.max(neg, initial=0)), float(np.max(pos, initial=0)), 1e-3), 50)
     ax[0].hist([pos, neg], bins=bins, label=[f"positive pairs ({len(pos)})", f"negative pairs ({len(neg)})"],
@@ -150,7 +152,8 @@ def kernel_figure(npz: Path, png: Path) -> dict:
     for a, s in ((ax[1], 1.0), (ax[2], sigma)):
         a.hist([np.exp(-pos / s), np.exp(-neg / s)], bins=np.linspace(0, 1, 41), density=True, histtype="step",
                linewidth=2, label=["positive", "negative"])
-        a.set(title=f"kernel weight w = exp(-d^2 / sigma), sigma = {s:.3g}", xlabel="w")
+        a.set(title=f"kernel weight w = exp(-d^2 / sigma), sigma = {s:.3g}" + (" (auto)" if a is ax[2] else ""),
+              xlabel="w")
         a.legend()
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

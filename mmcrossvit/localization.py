@@ -3,6 +3,10 @@ matches to 2D-3D through the database keypoints' triangulated points, PnP-RANSAC
 
 hloc's localize_sfm does the same with its own features; this module works on the project's
 SIFT features (features.h5) and the triangulated text model (outputs/<name>/sfm).
+
+Optional re-ranking by local verification (`rerank_keep`): the query is matched to every
+candidate once, each candidate is scored by its number of distinct 2D-3D correspondences, and
+only the best `rerank_keep` are pooled for PnP (from the same matches, not matched again).
 """
 from __future__ import annotations
 
@@ -53,10 +57,17 @@ class QueryResult:
     points2d: np.ndarray | None = field(default=None, repr=False)
     points3d: np.ndarray | None = field(default=None, repr=False)
     db_of_match: list[str] | None = field(default=None, repr=False)
+    # with re-ranking: every candidate verified (in the pairs file's order) and its score (distinct
+    # 2D-3D correspondences); `retrieved` is then the kept ones, best first (what PnP pooled)
+    candidates: list[str] | None = None
+    verification: list[int] | None = None
 
     def log_row(self) -> dict:
-        return {"query": self.name, "success": self.success, "matches": self.num_matches,
-                "inliers": self.num_inliers, "retrieved": self.retrieved, "seconds": self.seconds}
+        row = {"query": self.name, "success": self.success, "matches": self.num_matches,
+               "inliers": self.num_inliers, "retrieved": self.retrieved, "seconds": self.seconds}
+        if self.candidates is not None:
+            row.update(candidates=self.candidates, verification=self.verification)
+        return row
 
 
 def covisibility_clusters(model: SfMModel, names: list[str]) -> list[list[str]]:
@@ -82,33 +93,75 @@ def covisibility_clusters(model: SfMModel, names: list[str]) -> list[list[str]]:
     return sorted(groups.values(), key=len, reverse=True)
 
 
-def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: list[str], ratio: float = 0.8
-                    ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
-    """Query 2D keypoints, their 3D points, the db image each came first from, and the raw match
-    count. A (query keypoint, 3D point) pair found through several database images that observe
-    the point is kept once (as hloc pools them): RANSAC and the inlier count see distinct pairs."""
-    kp_idx, pt_idx, src = [], [], []
-    total = 0
-    for n in db_names:
-        if n not in model.point3d_ids:
-            continue
-        f = read_features(features, n)
-        m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio)
-        total += len(m)
-        ids = model.point3d_ids[n]
-        if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
-            raise RuntimeError(f"features of {n} no longer match the SfM model; re-run preprocessing.py --overwrite")
-        m = m[ids[m[:, 1]] >= 0]
-        kp_idx.append(m[:, 0])
-        pt_idx.append(model.point_index(ids[m[:, 1]]))
-        src += [n] * len(m)
-    if not kp_idx:
+@dataclass
+class ImageMatches:
+    """One database image's matches to the query, lifted to 3D: the query keypoint and the
+    3D point (a row of SfMModel.xyz) of each match whose database keypoint is triangulated, and
+    the raw match count before lifting."""
+    keypoints: np.ndarray  # (M,) query keypoint indices
+    points: np.ndarray     # (M,) rows of SfMModel.xyz
+    raw: int = 0
+
+    @classmethod
+    def empty(cls) -> "ImageMatches":
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+
+    def distinct(self) -> int:
+        """Distinct (query keypoint, 3D point) pairs: the verification score of re-ranking."""
+        if not len(self.keypoints):
+            return 0
+        return int(len(np.unique(np.stack([self.keypoints, self.points], 1), axis=0)))
+
+
+def match_image(model: SfMModel, q_feats: dict, features: Path, name: str, ratio: float = 0.8) -> ImageMatches:
+    """Match the query to one database image and keep the matches to triangulated keypoints.
+    An image the model does not hold contributes nothing (not even raw matches)."""
+    if name not in model.point3d_ids:
+        return ImageMatches.empty()
+    f = read_features(features, name)
+    m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio)
+    ids = model.point3d_ids[name]
+    if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
+        raise RuntimeError(f"features of {name} no longer match the SfM model; re-run preprocessing.py --overwrite")
+    raw = len(m)
+    m = m[ids[m[:, 1]] >= 0]
+    return ImageMatches(m[:, 0], model.point_index(ids[m[:, 1]]), raw)
+
+
+def pool(model: SfMModel, q_feats: dict, per_image: list[tuple[str, ImageMatches]]
+         ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Pool several images' matches into 2D-3D correspondences (see `correspondences`)."""
+    total = sum(mi.raw for _, mi in per_image)
+    if not per_image:
         return np.zeros((0, 2)), np.zeros((0, 3)), [], total
+    kp_idx = [mi.keypoints for _, mi in per_image]
+    pt_idx = [mi.points for _, mi in per_image]
+    src = [n for n, mi in per_image for _ in range(len(mi.keypoints))]
     pairs = np.stack([np.concatenate(kp_idx), np.concatenate(pt_idx)], 1)
     _, first = np.unique(pairs, axis=0, return_index=True)
     first = np.sort(first)  # keep the retrieval order of first occurrences
     kp, pt = pairs[first, 0], pairs[first, 1]
     return (q_feats["keypoints"][kp].astype(np.float64), model.xyz[pt], [src[i] for i in first], total)
+
+
+def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: list[str], ratio: float = 0.8
+                    ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """Query 2D keypoints, their 3D points, the db image each came first from, and the raw match
+    count. A (query keypoint, 3D point) pair found through several database images that observe
+    the point is kept once (as hloc pools them): RANSAC and the inlier count see distinct pairs."""
+    return pool(model, q_feats, [(n, match_image(model, q_feats, features, n, ratio)) for n in db_names
+                                 if n in model.point3d_ids])
+
+
+def rerank(names: list[str], matches: list[ImageMatches], keep: int) -> tuple[list[str], list[int]]:
+    """Re-ranking by local verification: the `keep` candidates with the most distinct 2D-3D
+    correspondences, best first; ties keep the candidates' own (retrieval) order. Returns the
+    kept names and every candidate's score, in the order given."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    scores = [mi.distinct() for mi in matches]
+    order = sorted(range(len(names)), key=lambda i: -scores[i])  # sorted() is stable: ties by rank
+    return [names[i] for i in order[:keep]], scores
 
 
 def ransac_threshold(camera: CameraSpec, max_error: float, ref_size: float | None) -> float:
@@ -133,10 +186,16 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
 
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
-                   min_inliers: int = 12, seed: int = 0) -> QueryResult:
+                   min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
+
+    With `rerank_keep`, `retrieved` are candidates: each is matched once and scored (`rerank`),
+    and the best `rerank_keep` are localized from those same matches, best first (covisibility
+    clustering, if on, applies to them); the result's `retrieved` is the kept list, so calling
+    this again with it and no re-ranking reproduces the pose, and a failure falls back to the
+    best-verified image's pose.
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -148,13 +207,26 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     except DataError:  # no features (an unreadable image): the query falls back
         qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
     t1 = time.time()
+    cache: dict[str, ImageMatches] = {}  # each candidate is matched once
+
+    def matched(n: str) -> ImageMatches:
+        if n not in cache:
+            cache[n] = match_image(model, qf, features, n, ratio)
+        return cache[n]
+
+    candidates = scores = None
+    t_match = t_pnp = 0.0
+    if rerank_keep is not None:
+        candidates = list(retrieved)
+        ta = time.time()
+        retrieved, scores = rerank(candidates, [matched(n) for n in candidates], rerank_keep)
+        t_match += time.time() - ta
     groups = covisibility_clusters(model, retrieved) if covisibility else [retrieved]
     best = None
     total = 0
-    t_match = t_pnp = 0.0
     for g in groups:
         ta = time.time()
-        p2, p3, src, n = correspondences(model, qf, features, g, ratio)
+        p2, p3, src, n = pool(model, qf, [(x, matched(x)) for x in g if x in model.point3d_ids])
         tb = time.time()
         total += n
         est = estimate_pose(p2, p3, camera, max_error)
@@ -164,8 +236,9 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             best = (est[0], est[1], p2, p3, src)
     secs = {"features": round(t1 - t0, 4), "matching": round(t_match, 4), "pnp": round(t_pnp, 4)}
     hyp = () if best is None else (best[1].tolist(), best[2], best[3], best[4])
+    extra = dict(candidates=candidates, verification=scores)
     if best is not None and best[1].sum() >= min_inliers:
-        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp)
+        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
     fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
     return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
-                       *hyp)
+                       *hyp, **extra)

@@ -12,6 +12,7 @@
     outputs/<name>/cache/                      resized training images
     outputs/<name>/descriptors.h5              student descriptors of db and query images
     outputs/<name>/pairs-query.txt             retrieval pairs "query db"
+    outputs/<name>/pairs-query-ranked.txt      the same, as deep as the ranking (localize --rerank)
     outputs/<name>/pairs-db-retrieval.txt, retrieval.npz
     outputs/<name>/[<tag>/]Pose_Estimation_Results.txt, localization_log.jsonl, localization_summary.json
     outputs/<name>/[<tag>/]diagnosis/          per-query diagnosis of that localization (queries.csv,
@@ -162,6 +163,11 @@ class RunLayout:
     @property
     def pairs_query(self) -> Path:
         return self.out / "pairs-query.txt"
+
+    @property
+    def pairs_query_ranked(self) -> Path:
+        """Every query's full ranking (as deep as retrieval.npz): localize --rerank's candidates."""
+        return self.out / "pairs-query-ranked.txt"
 
     @property
     def pairs_db_retrieval(self) -> Path:

@@ -10,6 +10,15 @@ Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy 
 world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
 row per query: retrieved images, matches, inliers, time). Interrupted runs resume from the log.
 
+--rerank N re-ranks by local verification (off by default, as in the paper): the first N
+candidates of the pairs file are matched to the query, each is scored by its number of distinct
+2D-3D correspondences, and the best --rerank-keep of them are pooled for PnP (matched once, not
+twice). Its candidates come from a pairs file as deep as N: by default the pairs step's full
+ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
+--num-retrieved), or any hloc-format file given with --pairs; a file shallower than N is an error
+naming it. The log row then lists the candidates, their scores, and as `retrieved` the kept
+images, best first.
+
 --retrieval oracle replaces the student's retrieval by ground truth: each query's candidates are
 the database images sharing the most 3D points visible from its true pose (the ceiling that
 retrieval can reach; written under the 'oracle' tag); --retrieval all uses every database image.
@@ -49,6 +58,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="candidates per query with --retrieval oracle")
     g.add_argument("--covisibility", action="store_true", default=S,
                    help="cluster candidates by covisibility (hloc's option)")
+    g.add_argument("--rerank", type=int, default=S,
+                   help="re-rank the first N candidates of the pairs file by their number of distinct 2D-3D "
+                        "correspondences and localize with the best --rerank-keep (0: off, the paper's "
+                        "localization); without --pairs the candidates come from the pairs step's full ranking "
+                        "(pairs-query-ranked.txt); --retrieval pairs only")
+    g.add_argument("--rerank-keep", type=int, default=S,
+                   help="candidates kept after re-ranking (<= --rerank; used only with --rerank)")
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
     g.add_argument("--ransac-max-error", type=float, default=S,
                    help="RANSAC inlier threshold in pixels (at a longer image side of --ransac-ref-size)")
@@ -58,7 +74,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
     p.add_argument("--retrieval", choices=["pairs", "oracle", "all"], default="pairs",
                    help="candidates: the retrieval pairs file, ground-truth covisibility (oracle), or every db image")
-    p.add_argument("--pairs", type=Path, default=None, help="pairs file (default outputs/<name>/pairs-query.txt)")
+    p.add_argument("--pairs", type=Path, default=None,
+                   help="pairs file (default outputs/<name>/pairs-query.txt; with --rerank, the deeper "
+                        "outputs/<name>/pairs-query-ranked.txt)")
     p.add_argument("--tag", default=None,
                    help="write results under outputs/<name>/<tag>/ (default: 'oracle' for the oracle, else none)")
     p.add_argument("--overwrite", action="store_true", help="ignore the log of an earlier run (rows whose inputs "
@@ -74,12 +92,43 @@ def record_name(cfg) -> str:
     return f"{STEP}_{tag_of(cfg)}" if tag_of(cfg) else STEP
 
 
+def rerank_of(cfg) -> tuple[int, int | None]:
+    """(candidates verified, kept) of re-ranking; (0, None) when off. It re-ranks a pairs file's
+    candidates: the oracle and --retrieval all ignore it (a preset may turn it on for the pipeline)."""
+    n = (getattr(cfg, "rerank", 0) or 0) if cfg.retrieval == "pairs" else 0
+    return (n, getattr(cfg, "rerank_keep", None)) if n else (0, None)
+
+
+def check(run: RunLayout, cfg) -> None:
+    """Settings that cannot work, before anything is written (steps.execute)."""
+    if (getattr(cfg, "rerank", 0) or 0) < 0:
+        raise DataError(None, f"--rerank must be >= 0 (0: off), got {cfg.rerank}")
+    rerank, keep = rerank_of(cfg)
+    if rerank and (keep is None or not 1 <= keep <= rerank):
+        raise DataError(None, f"--rerank {rerank} re-ranks {rerank} candidates and keeps --rerank-keep of them: "
+                              f"it must lie in 1..{rerank}, got {keep}")
+    if rerank and cfg.num_retrieved is not None:
+        raise DataError(None, "--num-retrieved truncates the pairs without re-ranking; with --rerank N the first N "
+                              "candidates are verified and --rerank-keep of them kept: leave --num-retrieved unset")
+
+
+def pairs_file(run: RunLayout, cfg) -> Path:
+    if cfg.pairs:
+        return Path(cfg.pairs)
+    return run.pairs_query_ranked if rerank_of(cfg)[0] else run.pairs_query
+
+
 def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, list[str]]:
     queries = ds.queries
+    rerank = rerank_of(cfg)[0]
     if cfg.retrieval == "pairs":
-        pairs_path = cfg.pairs or run.pairs_query
+        pairs_path = pairs_file(run, cfg)
         if not Path(pairs_path).exists():
-            raise DataError(pairs_path, "pairs file not found; run generate_localization_pairs.py first")
+            hint = ("with --rerank the candidates come from the pairs step's full ranking; re-run "
+                    "generate_localization_pairs.py (it writes it), or pass a pairs file at least "
+                    f"{rerank} deep per query with --pairs") if rerank and not cfg.pairs else \
+                "run generate_localization_pairs.py first"
+            raise DataError(pairs_path, f"pairs file not found; {hint}")
         cands: dict[str, list[str]] = {q: [] for q in queries}
         for lineno, (q, d) in enumerate(read_pairs(pairs_path), start=1):
             if q not in queries:
@@ -88,6 +137,13 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
                 raise DataError(pairs_path, f"{d!r} is not a database image of the SfM model", lineno)
             cands[q].append(d)
         k = cfg.num_retrieved
+        if rerank:
+            depth = max(map(len, cands.values()), default=0)
+            if depth < min(rerank, len(model.poses)):  # shallower than asked, though the database is deeper
+                raise DataError(pairs_path, f"--rerank {rerank} needs the first {rerank} candidates of each query, "
+                                            f"but this pairs file lists at most {depth} per query; pass a deeper one "
+                                            f"with --pairs (e.g. the pairs step's {run.pairs_query_ranked.name}) or lower --rerank")
+            k = rerank
     elif cfg.retrieval == "oracle":
         if ds.gt_poses is None:
             raise DataError(ds.root / GT_POSES, "the oracle needs ground-truth query poses")
@@ -136,6 +192,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     # and the query's features; rows whose key still matches are reused, the rest recomputed
     settings = {k: getattr(cfg, k) for k in ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility",
                                              "min_inliers", "seed")}
+    rerank, rerank_keep = rerank_of(cfg)
+    if rerank:  # only when on: rows localized without re-ranking keep their keys (rerank_keep is then unused)
+        settings.update(rerank=rerank, rerank_keep=rerank_keep)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
     keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
@@ -143,7 +202,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     stale = {q: r for q, r in done.items() if q in queries and r.get("key") != keys[q]}
     dropped = sorted(set(done) - set(queries))
     if stale or dropped:
-        moved = sum(r.get("retrieved") != cands[q] for q, r in stale.items())
+        moved = sum(r.get("candidates", r.get("retrieved")) != cands[q] for q, r in stale.items())
         parts = ([f"pairs changed for {moved} queries"] if moved else []) + \
                 ([f"settings, model or features changed for {len(stale) - moved}"] if len(stale) > moved else []) + \
                 ([f"{len(dropped)} queries no longer listed (dropped)"] if dropped else [])
@@ -155,7 +214,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
             r = localize_query(q, queries[q].camera, cands[q], model, run.features, cfg.ratio,
                                ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size),
-                               cfg.covisibility, cfg.min_inliers, cfg.seed)
+                               cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep)
             row = {**r.log_row(), "condition": queries[q].condition,
                    "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q],
                    # where a failed query's pose comes from: it is a stand-in, not an estimate
@@ -174,7 +233,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
                "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
                                 for k in ("features", "matching", "pnp")} if done else {},
-               "retrieval": cfg.retrieval, "results": str(results_path),
+               "retrieval": cfg.retrieval, "rerank": {"candidates": rerank, "keep": rerank_keep} if rerank else None,
+               "pairs": str(pairs_file(run, cfg)) if cfg.retrieval == "pairs" else None,
+               "results": str(results_path),
                "matching_threads": torch.get_num_threads()}
     write_json(run.localization_summary(tag), summary)
     print(f"{summary['localized']}/{summary['queries']} queries localized "

@@ -4,6 +4,7 @@ Computes student descriptors for database and query images (batched, cached in
 outputs/<name>/descriptors.h5 keyed by image name and tied to the checkpoint), ranks the database
 by inner product (exact), and writes hloc-format pairs:
   outputs/<name>/pairs-query.txt         "<query> <db>" for the top-K database images of each query
+  outputs/<name>/pairs-query-ranked.txt  the same, as deep as the ranking (localize --rerank's candidates)
   outputs/<name>/pairs-db-retrieval.txt  "<db> <db>"   database-to-database neighbours (self excluded)
   outputs/<name>/retrieval.npz           names, ranked indices and scores, for the evaluation tables
 """
@@ -65,6 +66,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     q_idx, q_score = topk(Q, D, max(cfg.num_retrieved, cfg.num_db_neighbours))
     d_idx, d_score = topk(D, D, cfg.num_db_neighbours, exclude_self=True)
     write_pairs(run.pairs_query, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row[:cfg.num_retrieved]])
+    write_pairs(run.pairs_query_ranked, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row])
     write_pairs(run.pairs_db_retrieval,
                 [(a, db_names[j]) for a, row in zip(db_names, d_idx) for j in row[:DB_PAIRS_PER_IMAGE]])
     write_npz(run.retrieval, db_names=np.array(db_names), query_names=np.array(q_names),

@@ -1,0 +1,160 @@
+"""Re-ranking by local verification (localize --rerank N --rerank-keep K): the K of the first N
+candidates with the most distinct 2D-3D correspondences are localized, matched once."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmcrossvit import cli
+from mmcrossvit.colmap_io import write_pairs
+from mmcrossvit.errors import DataError
+from mmcrossvit.evaluation import gt_covisibility
+from mmcrossvit.layout import Dataset
+from mmcrossvit.localization import (ImageMatches, SfMModel, correspondences, localize_query, pool, ransac_threshold,
+                                     rerank)
+from mmcrossvit.features import read_features
+from mmcrossvit.steps import execute, localize
+
+
+def _im(keypoints, points, raw=None):
+    kp, pt = np.asarray(keypoints, np.int64), np.asarray(points, np.int64)
+    return ImageMatches(kp, pt, len(kp) if raw is None else raw)
+
+
+# ---- the re-ranking function, on synthetic correspondences -----------------------------------
+def test_most_distinct_correspondences_win_ties_keep_rank_and_keep_is_respected():
+    names = ["a", "b", "c", "d", "e"]
+    matches = [_im([0, 0, 1, 2], [5, 5, 6, 7]),   # a: 3 distinct (one pair found twice)
+               _im([0, 1, 2, 3, 4], [1, 2, 3, 4, 5]),  # b: 5
+               _im([7, 8, 9], [1, 1, 2]),          # c: 3 (one 3D point from two keypoints: distinct pairs)
+               _im([], [], raw=40),                # d: 0 (many raw matches, none triangulated)
+               _im([3, 3], [9, 9])]                # e: 1
+    kept, scores = rerank(names, matches, keep=2)
+    assert scores == [3, 5, 3, 0, 1]  # every candidate's score, in the order given
+    assert kept == ["b", "a"]
+    assert rerank(names, matches, keep=3)[0] == ["b", "a", "c"]  # the tie a/c: retrieval order
+    assert rerank(names, matches, keep=10)[0] == ["b", "a", "c", "e", "d"]  # keep > candidates: all, ranked
+    rev = rerank(names[::-1], matches[::-1], keep=3)[0]
+    assert rev == ["b", "c", "a"]  # the tie follows whichever order the candidates came in
+    with pytest.raises(ValueError):
+        rerank(names, matches, keep=0)
+
+
+def test_pooling_keeps_each_pair_once_in_the_order_given():
+    q = {"keypoints": np.arange(20, dtype=np.float32).reshape(10, 2)}
+
+    class M:  # the few fields of SfMModel that pooling reads
+        xyz = np.arange(30, dtype=np.float64).reshape(10, 3)
+
+    p2, p3, src, total = pool(M, q, [("x", _im([1, 2], [3, 4], raw=7)), ("y", _im([2, 5], [4, 6], raw=9))])
+    assert total == 16 and src == ["x", "x", "y"]
+    assert p2.tolist() == [[2, 3], [4, 5], [10, 11]] and p3[:, 0].tolist() == [9, 12, 18]
+
+
+# ---- through the localize step on the tiny run ------------------------------------------------
+@pytest.fixture(scope="module")
+def weak(tiny_run, tmp_path_factory):
+    """A deliberately weak retrieval: per query the 5 least covisible database images first, then the
+    5 most covisible ones (ground truth); the pairs file is 10 deep. (root, run, model, cands, pairs)"""
+    root, run = tiny_run
+    ds = Dataset(root)
+    model = SfMModel.load(run.sfm)
+    db = sorted(model.point3d_ids)
+    covis = gt_covisibility(ds, model, db)
+    cands = {}
+    for q in sorted(ds.queries):
+        order = np.argsort(-covis[q], kind="stable")
+        cands[q] = [db[j] for j in order[::-1][:5]] + [db[j] for j in order[:5]]
+    pairs = tmp_path_factory.mktemp("rerank") / "pairs-weak.txt"
+    write_pairs(pairs, [(q, d) for q, c in cands.items() for d in c])
+    return root, run, model, cands, pairs
+
+
+def _localize(run, tag, **kw):
+    return execute(localize, run, cli.settings(localize, "tiny", tag=tag, **kw))
+
+
+def _rows(run, tag):
+    return {r["query"]: r for r in map(json.loads, run.localization_log(tag).read_text().splitlines())}
+
+
+def test_rerank_keeps_the_verified_candidates_and_changing_it_relocalizes(weak, capsys):
+    root, run, model, cands, pairs = weak
+    top5 = _localize(run, "rerank-off", pairs=pairs, num_retrieved=5)  # as today: the first 5
+    on = _localize(run, "rerank-on", pairs=pairs, rerank=10, rerank_keep=5)
+    rows = _rows(run, "rerank-on")
+    moved = 0
+    for q, r in rows.items():
+        assert r["candidates"] == cands[q] and len(r["verification"]) == 10
+        scores = dict(zip(r["candidates"], r["verification"]))
+        assert len(r["retrieved"]) == 5 and set(r["retrieved"]) <= set(cands[q])
+        # the kept are the best verified, best first, ties by retrieval rank
+        expect = sorted(cands[q], key=lambda n: -scores[n])[:5]
+        assert r["retrieved"] == expect
+        moved += r["retrieved"] != cands[q][:5]
+    assert moved >= len(rows) // 2  # the weak list's head is not what verification keeps
+    assert on["localized"] > top5["localized"], (on, top5)
+    assert on["rerank"] == {"candidates": 10, "keep": 5}
+
+    # the kept list alone, without re-ranking, reproduces the logged pose (diagnosis relies on it)
+    ds = Dataset(root)
+    q = next(q for q, r in rows.items() if r["success"])
+    cam = ds.queries[q].camera
+    ref = localize_query(q, cam, rows[q]["retrieved"], model, run.features, 0.8,
+                         ransac_threshold(cam, 12.0, 1600), False, 12, 0)
+    assert (ref.num_inliers, ref.num_matches) == (rows[q]["inliers"], rows[q]["matches"])
+    assert np.allclose(ref.pose.t, rows[q]["tvec"])
+    # ...and a candidate's score is its distinct correspondences as the localizer pools them
+    qf = read_features(run.features, q)
+    best = rows[q]["retrieved"][0]
+    p2, p3, _, _ = correspondences(model, qf, run.features, [best])
+    assert len(p2) == dict(zip(rows[q]["candidates"], rows[q]["verification"]))[best]
+
+    # changing the setting re-localizes every query; the same settings reuse the log
+    n = len(rows)
+    capsys.readouterr()
+    _localize(run, "rerank-on", pairs=pairs, rerank=10, rerank_keep=3)
+    assert f"settings, model or features changed for {n}: re-localizing {n} queries" in capsys.readouterr().out
+    assert all(len(r["retrieved"]) == 3 for r in _rows(run, "rerank-on").values())
+    _localize(run, "rerank-on", pairs=pairs, rerank=8, rerank_keep=3)  # fewer candidates: the pairs moved
+    assert f"pairs changed for {n} queries: re-localizing {n} queries" in capsys.readouterr().out
+    assert all(len(r["candidates"]) == 8 for r in _rows(run, "rerank-on").values())
+    _localize(run, "rerank-on", pairs=pairs, rerank=8, rerank_keep=3)
+    assert "re-localizing" not in capsys.readouterr().out
+    _localize(run, "rerank-on", pairs=pairs, rerank=0, num_retrieved=2)  # off again: re-localized, no scores
+    assert f"re-localizing {n} queries" in capsys.readouterr().out
+    off = _rows(run, "rerank-on")
+    assert all("verification" not in r and r["retrieved"] == cands[q][:2] for q, r in off.items())
+
+
+def test_rerank_off_keys_are_unchanged_by_rerank_keep(weak, capsys):
+    _, run, _, _, pairs = weak
+    _localize(run, "rerank-keys", pairs=pairs, num_retrieved=3)
+    capsys.readouterr()
+    _localize(run, "rerank-keys", pairs=pairs, num_retrieved=3, rerank_keep=7)  # unused while rerank=0
+    assert "re-localizing" not in capsys.readouterr().out
+
+
+def test_a_pairs_file_shallower_than_rerank_is_an_error_naming_it(weak):
+    _, run, _, _, pairs = weak
+    with pytest.raises(DataError, match=r"pairs-weak\.txt.*--rerank 20 needs the first 20.*at most 10"):
+        _localize(run, "rerank-deep", pairs=pairs, rerank=20, rerank_keep=5)
+    with pytest.raises(DataError, match=r"pairs-query-ranked\.txt.*pairs file not found"):
+        _localize(run, "rerank-deep", rerank=20, rerank_keep=5)  # the default: the pairs step's full ranking
+    with pytest.raises(DataError, match=r"--rerank-keep.*1\.\.5, got 10"):
+        _localize(run, "rerank-deep", pairs=pairs, rerank=5, rerank_keep=10)
+    with pytest.raises(DataError, match=r"--num-retrieved"):
+        _localize(run, "rerank-deep", pairs=pairs, rerank=10, rerank_keep=5, num_retrieved=5)
+
+
+def test_rerank_is_a_flag_with_help_and_a_preset_value(tmp_path):
+    text = cli.parser(localize).format_help()
+    assert "--rerank " in text and "--rerank-keep" in text
+    _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo"])
+    assert (cfg.rerank, cfg.rerank_keep) == (50, 20)
+    _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "paper"])
+    assert cfg.rerank == 0  # the paper's pipeline
+    _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo", "--rerank", "0"])
+    assert (cfg.rerank, cfg.rerank_keep) == (0, 20)
