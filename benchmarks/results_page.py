@@ -2,7 +2,8 @@
 
     python benchmarks/results_page.py --dataset datasets/demo
 
-Reads benchmarks/results/*.md (efficiency, throughput, scale, ablation, token reliance) and
+Reads benchmarks/results/*.md (efficiency, throughput, scale, ablation, token reliance, student
+retrieval, re-ranking) and
 outputs/<name>/evaluation.{md,json}; draws localization recall against the position threshold
 (student vs oracle retrieval, day and night) and the retrieval P@K / Recall@K curves into
 benchmarks/results/*.png. Nothing is typed in by hand: re-run the producing commands first.
@@ -37,7 +38,15 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Why oracle localization fails (dense map)", "diagnosis_demo_dense_oracle.md",
              "python benchmarks/diagnose_localization.py --dataset datasets/demo --preset demo --tag oracle"),
             ("How much the teacher relies on its 3D tokens", "token_reliance.md",
-             "python benchmarks/token_reliance.py --dataset datasets/demo")]
+             "python benchmarks/token_reliance.py --dataset datasets/demo"),
+            ("Student retrieval: recipes over 3 seeds", "student_retrieval.md",
+             "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --seeds 0 1 2"),
+            ("Student retrieval: four times the epochs", "student_retrieval_48epochs.md",
+             "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --set epochs=48 val_every=12"),
+            ("Student retrieval: the split of the training budget", "student_retrieval_budget.md",
+             "see the file"),
+            ("Re-ranking by local verification", "rerank.md",
+             "python benchmarks/rerank.py --dataset datasets/demo --preset demo")]
 
 
 def save(fig, path: Path) -> None:

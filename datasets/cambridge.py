@@ -66,7 +66,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
-from mmcrossvit.colmap_io import CameraSpec, check_name, read_nvm
+from mmcrossvit.colmap_io import CameraSpec, check_name, read_nvm, read_text
 from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose, pose_error, qvec_to_rotmat
 from mmcrossvit.layout import GT_POSES, IMAGES, NVM, REFERENCE, Dataset, write_metadata
@@ -120,13 +120,7 @@ def read_list(path: str | Path) -> list[Entry]:
     line. Raises DataError naming the file and line of a malformed line, of a data line where
     the header should be, and of a name listed twice."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except UnicodeDecodeError:
-        raise DataError(path, "not a text file") from None
-    lines = text.splitlines()
+    lines = read_text(path).splitlines()
     for i, raw in enumerate(lines[:HEADER_LINES], start=1):
         try:
             _parse_line(path, i, raw.split())

@@ -82,15 +82,19 @@ def _fmt(v: float) -> str:
     return f"{float(v):.12g}"
 
 
-def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Numbered, whitespace-split lines, skipping blanks and '#' comments."""
+def read_text(path: str | Path, missing: str = "file not found") -> str:
+    """A text file's contents; a missing or binary file is a DataError naming it."""
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise DataError(path, "file not found") from None
+        raise DataError(path, missing) from None
     except UnicodeDecodeError:
         raise DataError(path, "not a text file") from None
-    for i, raw in enumerate(text.splitlines(), start=1):
+
+
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Numbered, whitespace-split lines, skipping blanks and '#' comments."""
+    for i, raw in enumerate(read_text(path).splitlines(), start=1):
         s = raw.strip()
         if s and not s.startswith("#"):
             yield i, s.split()
@@ -298,12 +302,37 @@ def write_colmap_text(folder: str | Path, cameras: dict[str, CameraSpec], poses:
     write_text(folder / "points3D.txt", "# POINT3D_ID X Y Z R G B ERROR TRACK[]\n")
 
 
+COLMAP_MODEL_FILES = ("cameras", "images", "points3D")  # what COLMAP needs; rigs/frames are optional
+
+
+def colmap_model_format(folder: str | Path) -> str:
+    """'bin' or 'txt': the format of the COLMAP model in `folder` (binary preferred, as COLMAP
+    reads it). A missing folder, or one without a complete cameras/images/points3D set in either
+    format, is a DataError naming the folder and the missing files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "COLMAP model folder not found (expected cameras, images and points3D "
+                                "as .bin or .txt in it)")
+    missing = {ext: [f"{f}.{ext}" for f in COLMAP_MODEL_FILES if not (folder / f"{f}.{ext}").is_file()]
+               for ext in ("bin", "txt")}
+    for ext in ("bin", "txt"):
+        if not missing[ext]:
+            return ext
+    # the format the folder was meant to be in: the one with more of its files present
+    ext = min(("bin", "txt"), key=lambda e: len(missing[e]))
+    if len(missing[ext]) == len(COLMAP_MODEL_FILES):
+        raise DataError(folder, "not a COLMAP model: expected cameras, images and points3D as .bin "
+                                "(cameras.bin, images.bin, points3D.bin) or as .txt; none is there")
+    raise DataError(folder, f"incomplete COLMAP {'binary' if ext == 'bin' else 'text'} model: missing "
+                            f"{', '.join(missing[ext])} (COLMAP needs cameras, images and points3D)")
+
+
 def read_colmap_cameras_poses(folder: str | Path) -> tuple[dict[str, CameraSpec], dict[str, Pose]]:
-    """Cameras and poses of the registered images of a COLMAP model (text or binary)."""
+    """Cameras and poses of the registered images of a COLMAP model (text or binary, with or
+    without the rigs/frames files of COLMAP >= 3.12)."""
     import pycolmap
     folder = Path(folder)
-    if not any((folder / f).exists() for f in ("images.txt", "images.bin")):
-        raise DataError(folder, "not a COLMAP model: expected cameras/images/points3D .txt or .bin")
+    colmap_model_format(folder)
     try:
         rec = pycolmap.Reconstruction(str(folder))
     except Exception as e:  # pycolmap raises plain RuntimeError/ValueError with COLMAP's message

@@ -10,8 +10,12 @@ the query's true pose).
 --results [LABEL=]PATH (repeatable) adds any results file in the benchmark's format, e.g.
 hloc's, beside the run's own (which are included when present); with --results the run needs no
 outputs of its own. A query with no pose in a file counts as a failure, and the report says how
-many there were and names the first few. Nothing to evaluate, an empty or absent results file, or
-a run name with no outputs folder (a typo) is an error naming what it looked for.
+many there were and names the first few. Each file is also checked against the benchmark's own
+format (`layout.check_results_file`: one line per query, its basename, a unit quaternion): the
+verdict is under "benchmark_format" in evaluation.json ("ok" or the first problem, with its
+line), and a file that could not be submitted as is gets a warning. Nothing to evaluate, an empty
+or absent results file, or a run name with no outputs folder (a typo) is an error naming what it
+looked for.
 
 Writes outputs/<name>/evaluation.json (strict JSON: a median of unlocalized queries, inf, is
 null) and evaluation.md.
@@ -27,7 +31,7 @@ import numpy as np
 from ..errors import DataError
 from ..evaluation import (EVAL_KS, format_localization, format_retrieval, load_results, localization_table,
                           missing_queries, query_positives, retrieval_metrics)
-from ..layout import GT_POSES, Dataset
+from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel
 from ..paths import RunLayout
 from ..spatial_db import SpatialDB
@@ -89,7 +93,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if not sources and not run.retrieval.exists():
         raise DataError(run.results, "no results file to evaluate (and no retrieval); run localize.py first, "
                                      "or name one with --results")
-    report: dict = {"localization": {}, "retrieval": {}, "results": {}}
+    report: dict = {"localization": {}, "retrieval": {}, "results": {}, "benchmark_format": {}}
     md = [f"# Evaluation of `{run.name}`\n"]
     for label, path in sources:
         est = load_results(path, ds)
@@ -104,6 +108,13 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                     f"e.g. {', '.join(missing[:NAMED_MISSING])}")
             print(f"warning: {note}", file=sys.stderr, flush=True)
             md += [f"**Warning:** {note}", ""]
+        try:  # could it be submitted as is? (evaluation itself is more lenient: full names, missing queries)
+            check_results_file(path, ds)
+            report["benchmark_format"][label] = "ok"
+        except DataError as e:
+            report["benchmark_format"][label] = str(e)
+            print(f"warning: not in the benchmark's format: {e}", file=sys.stderr, flush=True)
+            md += [f"**Not in the benchmark's format (fix before submitting):** {e}", ""]
     if run.retrieval.exists():
         r = read_npz(run.retrieval)
         db_names = [str(n) for n in r["db_names"]]

@@ -40,7 +40,7 @@ from ..evaluation import oracle_candidates
 from .. import records
 from ..features import extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
-from ..layout import GT_POSES, Dataset
+from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel, localize_query, ransac_threshold
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import write_json
@@ -222,8 +222,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row
-    poses = {Path(q).name: Pose.from_qt(r["qvec"], r["tvec"]) for q, r in sorted(done.items())}
+    poses = {ds.results_name(q): Pose.from_qt(r["qvec"], r["tvec"]) for q, r in sorted(done.items())}
     write_poses(results_path, poses)
+    check_results_file(results_path, ds)  # the benchmark's format: every query once, basenames, unit quaternions
     failed = sorted(q for q, r in done.items() if not r["success"])
     fallback = {kind: sorted(q for q in failed if done[q].get("fallback") == kind)
                 for kind in ("top retrieved image", "identity")}

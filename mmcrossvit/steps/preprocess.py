@@ -26,7 +26,7 @@ from ..colmap_io import read_colmap_cameras_poses, read_model_observations, writ
 from ..errors import DataError
 from .. import records
 from ..features import SiftConfig, extract_features, failed_images, features_digest
-from ..layout import DB_INTRINSICS, NVM, REFERENCE, Dataset
+from ..layout import REFERENCE_FILES, Dataset
 from ..paths import RunLayout
 from ..storage import atomic_path, is_complete, read_json, write_json, write_text
 
@@ -101,7 +101,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                                                  "max_epipolar_error", "mapper", "seed", "min_pair_matches",
                                                  "two_view_tracks", "min_tri_angle")}
     sfm_inputs = {"features": features_digest(run.features, db_names),
-                  **{str(p): records.fingerprint(ds.root / p) for p in (NVM, DB_INTRINSICS, REFERENCE)}}
+                  **{str(p): records.fingerprint(ds.root / p) for p in REFERENCE_FILES}}
     sfm_key = records.make_key(sfm_settings, sfm_inputs)
     if not records.up_to_date(run.record("sfm"), sfm_key, is_complete(run.sfm_points, run.sfm_summary),
                               cfg.overwrite, f"SfM model {run.sfm}", sfm_settings, sfm_inputs, log.info):
