@@ -152,7 +152,7 @@ def kernel_figure(npz: Path, png: Path) -> dict:
     for a, s in ((ax[1], 1.0), (ax[2], sigma)):
         a.hist([np.exp(-pos / s), np.exp(-neg / s)], bins=np.linspace(0, 1, 41), density=True, histtype="step",
                linewidth=2, label=["positive", "negative"])
-        a.set(title=f"kernel weight w = exp(-d^2 / sigma), sigma = {s:.3g}" + (" (auto)" if a is ax[2] else ""),
+        a.set(title=f"kernel weight, sigma = {s:.3g}" + (" (auto)" if a is ax[2] else " (paper)"),
               xlabel="w")
         a.legend()
     fig.tight_layout()
