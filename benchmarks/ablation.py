@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
         md.append(f"| {label} | " + " | ".join(f"{b[k]:.3f}" if b.get(k) is not None else "-" for k in keys)
                   + f" | {r['epochs']} | {r['train_seconds']:.0f} | {r['images_per_s']} |")
     head = (f"Held-out fold validation on `{run.name}` (preset `{args.preset}`): Recall@K of held-out database "
-            "anchors among all database images; `night_` = the anchors night-simulated.\n")
+            "anchors among all database images; `night_` = the anchors at night (their `_cyclegan` rendering "
+            "where the dataset has one, else simulated).\n")
     return finish(str(args.results / "ablation"), [head, *md], table)
 
 
