@@ -35,8 +35,7 @@ from report import finish, machine_info, markdown_table, run_parser  # noqa: E40
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.colmap_io import read_pairs, write_pairs  # noqa: E402
 from mmcrossvit.errors import DataError  # noqa: E402
-from mmcrossvit.evaluation import THRESHOLDS, gt_covisibility, load_results, localization_table  # noqa: E402
-from mmcrossvit.geometry import Pose, pose_error  # noqa: E402
+from mmcrossvit.evaluation import gt_covisibility, load_results, localization_table, wrong_accepted  # noqa: E402
 from mmcrossvit.layout import GT_POSES, Dataset  # noqa: E402
 from mmcrossvit.localization import SfMModel  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
@@ -74,18 +73,6 @@ def deep_pairs(run: RunLayout, top: dict[str, list[str]]) -> tuple[str, int]:
             raise DataError(path, f"the ranking of {q!r} does not start with its pairs in {run.pairs_query}: "
                                   "the two come from different retrievals; re-run generate_localization_pairs.py")
     return str(path), max(map(len, ranked.values()), default=0)
-
-
-def wrong_accepted(rows: list[dict], ds: Dataset) -> dict[str, int]:
-    """Queries accepted as localized but more than (5 m, 10°) off, per condition."""
-    out: dict[str, int] = {}
-    m, deg = THRESHOLDS[-1]
-    for r in rows:
-        if r["success"] and r["query"] in ds.gt_poses:
-            dt, dr = pose_error(Pose.from_qt(r["qvec"], r["tvec"]), ds.gt_poses[r["query"]])
-            if dt > m or dr > deg:
-                out[r["condition"]] = out.get(r["condition"], 0) + 1
-    return out
 
 
 def main(argv=None) -> dict:
@@ -148,7 +135,7 @@ def main(argv=None) -> dict:
                       "localized": s["localized"], "queries": s["queries"],
                       "recall": {c: r["recall"] for c, r in acc.items()},
                       "n": {c: r["n"] for c, r in acc.items()},
-                      "wrong_accepted": wrong_accepted(rows, ds), "used_covisible": used_covisible,
+                      "wrong_accepted": wrong_accepted(rows, ds.gt_poses), "used_covisible": used_covisible,
                       "candidates_matched": float(np.mean([len(r.get("candidates", r["retrieved"])) for r in rows])),
                       "mean_s_per_query": float(secs.mean()), "median_s_per_query": float(np.median(secs)),
                       "mean_seconds": s["mean_seconds"]}

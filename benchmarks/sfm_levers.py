@@ -19,8 +19,7 @@ import numpy as np
 from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit import cli  # noqa: E402
-from mmcrossvit.evaluation import THRESHOLDS, load_results, localization_table  # noqa: E402
-from mmcrossvit.geometry import Pose, pose_error  # noqa: E402
+from mmcrossvit.evaluation import load_results, localization_table, wrong_accepted  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
 from mmcrossvit.paths import ORACLE_TAG, RunLayout  # noqa: E402
 from mmcrossvit.steps import execute, localize, preprocess  # noqa: E402
@@ -44,19 +43,6 @@ VARIANTS = {
     "colmap_dense_scaled": ("COLMAP's SIFT defaults, dense, scaled threshold", dict(COLMAP_SIFT, **DENSE),
                             dict(ransac_ref_size=1600)),
 }
-
-
-def wrong_accepted(run: RunLayout, tag: str, ds: Dataset) -> dict:
-    """Queries the oracle counted as localized although more than (5 m, 10°) off, per condition."""
-    out: dict[str, int] = {}
-    m, deg = THRESHOLDS[-1]
-    for line in run.localization_log(tag).read_text().splitlines():
-        r = json.loads(line)
-        if r["success"] and r["query"] in ds.gt_poses:
-            dt, dr = pose_error(Pose.from_qt(r["qvec"], r["tvec"]), ds.gt_poses[r["query"]])
-            if dt > m or dr > deg:
-                out[r["condition"]] = out.get(r["condition"], 0) + 1
-    return out
 
 
 def main(argv=None) -> dict:
@@ -94,13 +80,14 @@ def main(argv=None) -> dict:
         loc = read_json(run.localization_summary(tag))
         acc = localization_table(load_results(run.results_file(tag), ds), ds.gt_poses,
                                  {q: v.condition for q, v in ds.queries.items()})
+        log_rows = [json.loads(x) for x in run.localization_log(tag).read_text().splitlines()]
         table[key] = {"label": label, "preprocess": pre_over, "localize": loc_over, "run": run.name,
                       "points": sfm["points"], "observations": sfm["observations"],
                       "obs_per_image": sfm["observations"] / max(1, sfm["registered_images"]),
                       "track": sfm["mean_track_length"], "reproj_px": sfm["mean_reprojection_error"],
                       "preprocess_s": t_pre, "s_per_query": loc["median_seconds_per_query"],
                       "recall": {c: r["recall"] for c, r in acc.items()},
-                      "wrong_accepted": wrong_accepted(run, tag, ds)}
+                      "wrong_accepted": wrong_accepted(log_rows, ds.gt_poses)}
     conds = [c for c in ("day", "night") if any(c in r["recall"] for r in table.values())]
     head = ["variant", "points", "obs/img", "track", "reproj px", "preprocess s", "s/query"]
     head += [f"{c} oracle %" for c in conds] + [f"{c} wrong accepted" for c in conds]

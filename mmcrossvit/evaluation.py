@@ -62,6 +62,19 @@ def load_results(path: Path, ds):
     return out
 
 
+def wrong_accepted(rows: list[dict], truth: dict[str, Pose]) -> dict[str, int]:
+    """Per condition, the localization-log rows counted as localized but beyond the loosest
+    threshold (5 m, 10°) from the true pose: wrong poses that passed the inlier rule."""
+    out: dict[str, int] = {}
+    m, deg = THRESHOLDS[-1]
+    for r in rows:
+        if r["success"] and r["query"] in truth:
+            dt, dr = pose_error(Pose.from_qt(r["qvec"], r["tvec"]), truth[r["query"]])
+            if dt > m or dr > deg:
+                out[r["condition"]] = out.get(r["condition"], 0) + 1
+    return out
+
+
 def missing_queries(estimates: dict, truth: dict) -> list[str]:
     """Queries with a true pose but no estimate (sorted): localization_table counts them failed."""
     return sorted(set(truth) - set(estimates))

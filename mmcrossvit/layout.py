@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .colmap_io import (CameraSpec, NVMCamera, NVMModel, read_colmap_cameras_poses, read_intrinsics,
-                        read_nvm, read_poses, read_text, write_colmap_text, write_intrinsics, write_nvm, write_poses)
+from .colmap_io import (CameraSpec, NVMCamera, NVMModel, read_intrinsics, read_nvm, read_poses, read_text,
+                        write_intrinsics, write_nvm, write_poses)
+from .colmap_model import read_colmap_cameras_poses, write_colmap_text
 from .errors import DataError
 from .geometry import Pose
 

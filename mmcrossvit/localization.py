@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .colmap_io import CameraSpec, read_colmap_cameras_poses, read_images_points2d, read_points3d
+from .colmap_io import CameraSpec
+from .colmap_model import read_colmap_cameras_poses, read_images_points2d, read_points3d
 from .errors import DataError
 from .features import match_descriptors, read_features
 from .geometry import Pose

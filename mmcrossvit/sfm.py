@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .colmap_io import CameraSpec, write_colmap_text
+from .colmap_io import CameraSpec
+from .colmap_model import write_colmap_text
 from .features import match_descriptors, read_features
 from .geometry import Pose
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from mmcrossvit.colmap_io import (CAMERA_MODELS, CameraSpec, NVMCamera, NVMModel, read_colmap_cameras_poses,
-                                  read_intrinsics, read_model_observations, read_nvm, read_pairs, read_poses,
-                                  write_colmap_text, write_intrinsics, write_nvm, write_pairs, write_poses)
+from mmcrossvit.colmap_io import (CAMERA_MODELS, CameraSpec, NVMCamera, NVMModel, read_intrinsics, read_nvm,
+                                  read_pairs, read_poses, write_intrinsics, write_nvm, write_pairs, write_poses)
+from mmcrossvit.colmap_model import read_colmap_cameras_poses, read_model_observations, write_colmap_text
 from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose, box_iou, pose_error, qvec_to_rotmat, robust_box, rotmat_to_qvec
 

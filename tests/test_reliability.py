@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmcrossvit.colmap_io import read_images_points2d, read_points3d
+from mmcrossvit.colmap_model import read_images_points2d, read_points3d
 from mmcrossvit.errors import DataError
 from mmcrossvit.features import SiftConfig, extract_features, read_features
 from mmcrossvit.images import read_image

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from mmcrossvit.colmap_io import read_images_points2d, read_model_observations, read_poses, write_pairs, write_poses
+from mmcrossvit.colmap_io import read_poses, write_pairs, write_poses
+from mmcrossvit.colmap_model import read_images_points2d, read_model_observations
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import localization_table, retrieval_metrics
 from mmcrossvit.geometry import Pose, pose_error
@@ -173,3 +174,17 @@ def test_hloc_path_says_clearly_when_hloc_is_absent(tmp_path):
     with pytest.raises(SystemExit, match="hloc is not installed"):
         localize_hloc.main(["--dataset", str(tmp_path)])
 
+
+
+def test_wrong_accepted_counts_localized_poses_beyond_the_loosest_threshold():
+    from mmcrossvit.evaluation import wrong_accepted
+    from mmcrossvit.geometry import Pose
+    truth = {"q/day/a.jpg": Pose(np.eye(3), np.zeros(3)), "q/night/b.jpg": Pose(np.eye(3), np.zeros(3))}
+
+    def row(q, cond, t, success=True):
+        return {"query": q, "condition": cond, "success": success, "qvec": [1, 0, 0, 0], "tvec": t}
+    rows = [row("q/day/a.jpg", "day", [0, 0, 4.9]),            # within 5 m: not wrong
+            row("q/night/b.jpg", "night", [0, 0, 6.0]),        # 6 m off and accepted: wrong
+            row("q/night/b.jpg", "night", [0, 0, 60.0], False),  # failed: not counted
+            row("q/other.jpg", "day", [0, 0, 60.0])]           # no ground truth: not counted
+    assert wrong_accepted(rows, truth) == {"night": 1}

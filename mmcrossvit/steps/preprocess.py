@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from .. import sfm, spatial_db
-from ..colmap_io import read_colmap_cameras_poses, read_model_observations, write_pairs
+from ..colmap_io import write_pairs
+from ..colmap_model import read_colmap_cameras_poses, read_model_observations
 from ..errors import DataError
 from .. import records
 from ..features import SiftConfig, extract_features, failed_images, features_digest

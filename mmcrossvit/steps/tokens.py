@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import records
 from .. import spatial_tokens as st
-from ..colmap_io import read_colmap_cameras_poses, read_model_observations
+from ..colmap_model import read_colmap_cameras_poses, read_model_observations
 from ..errors import DataError
 from ..paths import RunLayout
 from ..storage import is_complete, write_safetensors
