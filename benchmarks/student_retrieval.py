@@ -63,6 +63,7 @@ VARIANTS = {
     "px240": ("student, 240 px (the paper's size)", "student", dict(img_size=240)),
     "epochs2x": ("student, twice the epochs", "student", dict(epochs="2x")),
     "image_only": ("image-only CrossViT, same budget (no teacher)", "image_only", {}),
+    "untrained": ("untrained student (random weights of the seed)", "untrained", {}),
 }
 # the student's settings an image-only run takes over, for the same size, budget and augmentation
 SHARED = ("img_size", "embed_dim", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
@@ -82,6 +83,20 @@ def settings_for(variant: str, preset: str, seed: int, teacher_path: Path, out: 
         return student, cli.settings(student, preset, seed=seed, out=out, teacher=teacher_path, **ov)
     shared = {k: base[k] for k in SHARED}
     return teacher, cli.settings(teacher, preset, seed=seed, out=out, image_only=True, **{**shared, **ov})
+
+
+def untrained(preset: str, seed: int, out: Path, common: dict) -> Path:
+    """The student network as initialised with `seed`, saved for `measure`: what training adds."""
+    from models.crossvit import build_student
+    from mmcrossvit.storage import write_safetensors
+    cfg = {**vars(cli.settings(student, preset)), **common}
+    torch.manual_seed(seed)
+    model = build_student(img_size=cfg["img_size"], embed_dim=cfg["embed_dim"])
+    path = out / "untrained.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, {k: v.contiguous() for k, v in model.state_dict().items()},
+                      metadata={"config": json.dumps(model.config)})
+    return path
 
 
 @torch.no_grad()
@@ -212,9 +227,12 @@ def main(argv=None) -> dict:
         rows = []
         for seed in args.seeds:
             out = run.ablation(f"student_study/{v}_s{seed}")
-            module, cfg = settings_for(v, args.preset, seed, teacher_path, out, common)
-            summary = execute(module, run, cfg)
-            m = measure(run, ds, sdb, qpos, val_fold, out / "best.pt")
+            if VARIANTS[v][1] == "untrained":
+                summary, ckpt = {"train_seconds": 0.0}, untrained(args.preset, seed, out, common)
+            else:
+                module, cfg = settings_for(v, args.preset, seed, teacher_path, out, common)
+                summary, ckpt = execute(module, run, cfg), out / "best.pt"
+            m = measure(run, ds, sdb, qpos, val_fold, ckpt)
             rows.append({"seed": seed, "train_seconds": summary.get("train_seconds"), "metrics": m,
                          "kernel": summary.get("kernel")})
             print(f"{v} seed {seed}: " + ", ".join(f"{g} R@1 {r['R'][1]:.3f}" for g, r in m.items()))
