@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mmcrossvit.data import cyclegan_path
 from mmcrossvit.layout import IMAGES, write_metadata
 from mmcrossvit.storage import atomic_path, read_json, write_json
 
@@ -27,8 +28,7 @@ NIGHT_PARAMS = ("night_db", "night_db_scale")
 def night_db_name(name: str) -> str:
     """The night rendering of database image `name` (relative to images/images_upright):
     `db/0007.jpg` -> `db/0007_cyclegan.jpg`, the name the trainers look for (mmcrossvit.data.cyclegan_path)."""
-    p = PurePosixPath(name)
-    return str(p.with_name(f"{p.stem}_cyclegan{p.suffix}"))
+    return str(cyclegan_path(PurePosixPath(name)))
 
 
 def night_db_camera(camera, scale: float):

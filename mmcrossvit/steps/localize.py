@@ -142,7 +142,8 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
             if depth < min(rerank, len(model.poses)):  # shallower than asked, though the database is deeper
                 raise DataError(pairs_path, f"--rerank {rerank} needs the first {rerank} candidates of each query, "
                                             f"but this pairs file lists at most {depth} per query; pass a deeper one "
-                                            f"with --pairs (e.g. the pairs step's {run.pairs_query_ranked.name}) or lower --rerank")
+                                            f"with --pairs (e.g. the pairs step's {run.pairs_query_ranked.name}) "
+                                            f"or lower --rerank")
             k = rerank
     elif cfg.retrieval == "oracle":
         if ds.gt_poses is None:
