@@ -51,10 +51,11 @@ class SiftConfig:
 
 
 class SiftExtractor:
-    def __init__(self, conf: SiftConfig):
+    def __init__(self, conf: SiftConfig, device: str = "auto"):
         import pycolmap
+        from .device import sift_device
         self.conf = conf
-        self._fe = pycolmap.FeatureExtractor.create(conf.pycolmap_options(), device=pycolmap.Device.cpu)
+        self._fe = pycolmap.FeatureExtractor.create(conf.pycolmap_options(), device=sift_device(device))
 
     def __call__(self, gray: np.ndarray) -> dict[str, np.ndarray]:
         import pycolmap
@@ -76,22 +77,36 @@ class SiftExtractor:
                 "descriptors": desc.reshape(-1, 128)}
 
 
+def _extract_init(image_dir: Path, conf: SiftConfig, device: str):
+    return Path(image_dir), SiftExtractor(conf, device)
+
+
+def _extract_one(state, name: str) -> tuple[dict, str]:
+    image_dir, extractor = state
+    try:
+        return extractor(read_image(image_dir / name, grayscale=True)), ""
+    except DataError as e:
+        return {"keypoints": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
+                "descriptors": np.zeros((0, 128), np.uint8)}, e.reason
+
+
 def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: SiftConfig,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False, workers: int = 1, device: str = "auto") -> dict:
     """Extract features for `names` into `out_path`, skipping images already done there with the
     same settings from the same file (size and mtime): changed settings or a replaced image
     re-extract, and images that could not be read are retried on every run.
 
     Unreadable images are skipped with a warning, stored with no keypoints and an `error`
-    attribute, and listed in the returned summary.
+    attribute, and listed in the returned summary. `workers` processes extract (0: one per core);
+    this process alone writes, in the order of `names`, so the file does not depend on it.
     """
+    from .parallel import ordered_map
     from .records import stamp
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if overwrite and out_path.exists():
         out_path.unlink()
     _drop_if_corrupt(out_path)
     conf_json = json.dumps(asdict(conf))
-    extractor = None
     skipped = []
     with h5py.File(out_path, "a") as f:
         why = {}
@@ -116,17 +131,12 @@ def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: Si
         again = {r: c for r, c in counts.items() if r != "new"}
         if again:
             log.info("re-extracting features: %s", ", ".join(f"{r} for {c} images" for r, c in again.items()))
-        for name in tqdm(todo, desc="SIFT", unit="img", disable=not todo):
-            if extractor is None:
-                extractor = SiftExtractor(conf)
-            try:
-                feats = extractor(read_image(Path(image_dir) / name, grayscale=True))
-                err = ""
-            except DataError as e:
-                log.warning("skipping %s", e)
-                feats = {"keypoints": np.zeros((0, 2), np.float32), "scales": np.zeros(0, np.float32),
-                         "descriptors": np.zeros((0, 128), np.uint8)}
-                err = e.reason
+        results = ordered_map(_extract_one, todo, workers, _extract_init, (Path(image_dir), conf, device)) \
+            if todo else iter(())
+        for name, (feats, err) in tqdm(zip(todo, results), total=len(todo), desc="SIFT", unit="img",
+                                       disable=not todo):
+            if err:
+                log.warning("skipping %s", DataError(Path(image_dir) / name, err))
                 skipped.append({"image": name, "reason": err})
             if name in f:
                 del f[name]
@@ -196,27 +206,32 @@ def feature_names(path: Path) -> set[str]:
     return names
 
 
-def _normalise(desc: np.ndarray) -> torch.Tensor:
-    d = torch.from_numpy(np.asarray(desc, dtype=np.float32))
-    return torch.nn.functional.normalize(d, dim=1)
-
-
 def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
-                      mutual: bool = True) -> np.ndarray:
-    """(M, 2) indices of nearest-neighbour matches passing Lowe's ratio test (on L2 distances)."""
+                      mutual: bool = True, device: torch.device | str | None = None) -> np.ndarray:
+    """(M, 2) indices of nearest-neighbour matches passing Lowe's ratio test (on L2 distances of
+    the L2-normalised descriptors).
+
+    The dot products of the uint8 descriptors are integers below 2**24, so they are exact in any
+    summation order: matches do not depend on the thread count or the device (CPU float32, CUDA
+    float64, which TF32 never touches); the normalisation is elementwise."""
     if len(desc0) < 2 or len(desc1) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    d0, d1 = _normalise(desc0), _normalise(desc1)
-    sim = d0 @ d1.T
+    dev = torch.device(device or "cpu")
+    exact = torch.float64 if dev.type == "cuda" else torch.float32
+    d0 = torch.from_numpy(np.asarray(desc0)).to(dev, exact)
+    d1 = torch.from_numpy(np.asarray(desc1)).to(dev, exact)
+    norm0 = d0.square().sum(1).float().sqrt().clamp_min(1e-12)
+    norm1 = d1.square().sum(1).float().sqrt().clamp_min(1e-12)
+    sim = (d0 @ d1.T).float() / (norm0[:, None] * norm1[None, :])
     top = sim.topk(2, dim=1)
     dist = torch.sqrt(torch.clamp(2 - 2 * top.values, min=0))
     ok = dist[:, 0] < ratio * dist[:, 1]
     nn01 = top.indices[:, 0]
     if mutual:
         nn10 = sim.argmax(dim=0)
-        ok &= nn10[nn01] == torch.arange(len(d0))
+        ok &= nn10[nn01] == torch.arange(len(d0), device=dev)
     i0 = torch.nonzero(ok).squeeze(1)
-    return torch.stack([i0, nn01[i0]], 1).numpy()
+    return torch.stack([i0, nn01[i0]], 1).cpu().numpy()
 
 
 def feature_stamps(path: Path, names) -> dict[str, str]:

@@ -114,13 +114,14 @@ class ImageMatches:
         return int(len(np.unique(np.stack([self.keypoints, self.points], 1), axis=0)))
 
 
-def match_image(model: SfMModel, q_feats: dict, features: Path, name: str, ratio: float = 0.8) -> ImageMatches:
+def match_image(model: SfMModel, q_feats: dict, features: Path, name: str, ratio: float = 0.8,
+                device=None) -> ImageMatches:
     """Match the query to one database image and keep the matches to triangulated keypoints.
     An image the model does not hold contributes nothing (not even raw matches)."""
     if name not in model.point3d_ids:
         return ImageMatches.empty()
     f = read_features(features, name)
-    m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio)
+    m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio, device=device)
     ids = model.point3d_ids[name]
     if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
         raise RuntimeError(f"features of {name} no longer match the SfM model; re-run preprocessing.py --overwrite")
@@ -187,7 +188,8 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
 
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
-                   min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None) -> QueryResult:
+                   min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
+                   device: str = "cpu") -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -201,6 +203,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
     import pycolmap
+    from .device import pick
+    dev = pick(device)
     pycolmap.set_random_seed(seed)
     t0 = time.time()
     try:
@@ -212,7 +216,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
 
     def matched(n: str) -> ImageMatches:
         if n not in cache:
-            cache[n] = match_image(model, qf, features, n, ratio)
+            cache[n] = match_image(model, qf, features, n, ratio, dev)
         return cache[n]
 
     candidates = scores = None

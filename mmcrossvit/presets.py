@@ -22,7 +22,9 @@ _PAPER = {
     "preprocess": dict(max_image_size=1600, max_num_features=8192, first_octave=-1, peak_threshold=0.02 / 3,
                        pairs="poses", num_pairs=20, max_pair_angle=60.0, ratio=0.8, max_epipolar_error=4.0,
                        contrast="none", min_pair_matches=15, two_view_tracks=False, min_tri_angle=1.5,
-                       mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5),
+                       mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5,
+                       # processes for extraction and matching (0: one per CPU core); outputs do not depend on it
+                       workers=0, device="auto"),
     "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
     "teacher": dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,
                     momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, min_lr_ratio=0.0,
@@ -44,7 +46,8 @@ _PAPER = {
                      rerank=0, rerank_keep=100,
                      # 12 px at Aachen's 1600-px queries (hloc's), in proportion for smaller images
                      # (benchmarks/sfm_levers.py: night +2 to +4 of 50 queries on the demo, day unchanged)
-                     ransac_max_error=12.0, ransac_ref_size=1600, min_inliers=12),
+                     ransac_max_error=12.0, ransac_ref_size=1600, min_inliers=12,
+                     workers=0, device="auto"),
     "evaluate": dict(),
 }
 

@@ -111,37 +111,63 @@ def epipolar_inliers(cam0, pose0: Pose, kp0: np.ndarray, cam1, pose1: Pose, kp1:
     return (e0 <= cam0.cam_from_img_threshold(max_error)) & (e1 <= cam1.cam_from_img_threshold(max_error))
 
 
-def match_and_verify(db_path: Path, rec, image_ids: dict[str, int], pairs: list[tuple[str, str]],
-                     features: Path, ratio: float = 0.8, max_error: float = 4.0,
-                     use_poses: bool = True) -> dict:
-    """Match every pair, keep matches consistent with the known poses, write both to the db."""
+class _PairMatcher:
+    """One process's matcher: features read once per image (a bounded cache) and, with known
+    poses, the matches filtered by their epipolar distance."""
+
+    def __init__(self, features: Path, cameras: dict[str, CameraSpec] | None, poses: dict[str, Pose] | None,
+                 ratio: float, max_error: float, device: str):
+        from .device import pick
+        self.features, self.poses, self.ratio, self.max_error = Path(features), poses, ratio, max_error
+        self.cameras = {n: c.to_pycolmap() for n, c in cameras.items()} if cameras else None
+        self.device = pick(device)
+        self.cache: dict[str, dict] = {}
+
+    def feats(self, name: str) -> dict:
+        if name not in self.cache:
+            if len(self.cache) > 256:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[name] = read_features(self.features, name)
+        return self.cache[name]
+
+    def __call__(self, pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
+        a, b = pair
+        fa, fb = self.feats(a), self.feats(b)
+        m = match_descriptors(fa["descriptors"], fb["descriptors"], ratio=self.ratio,
+                              device=self.device).astype(np.uint32)
+        if self.poses is None:
+            return m, None
+        if not len(m):
+            return m, m
+        ok = epipolar_inliers(self.cameras[a], self.poses[a], fa["keypoints"][m[:, 0]],
+                              self.cameras[b], self.poses[b], fb["keypoints"][m[:, 1]], self.max_error)
+        return m, m[ok]
+
+
+def _matcher_init(*args) -> _PairMatcher:
+    return _PairMatcher(*args)
+
+
+def _match_pair(matcher: _PairMatcher, pair):
+    return matcher(pair)
+
+
+def match_and_verify(db_path: Path, image_ids: dict[str, int], pairs: list[tuple[str, str]], features: Path,
+                     cameras: dict[str, CameraSpec] | None = None, poses: dict[str, Pose] | None = None,
+                     ratio: float = 0.8, max_error: float = 4.0, workers: int = 1, device: str = "auto") -> dict:
+    """Match every pair and write the matches to the db; with `cameras` and `poses`, also the
+    matches consistent with the known poses (two-view geometries). `workers` processes match
+    (0: one per core); this process writes, in pair order, so the db does not depend on it."""
     import pycolmap
-    cache: dict[str, dict] = {}
-
-    def feats(name):
-        if name not in cache:
-            if len(cache) > 256:
-                cache.pop(next(iter(cache)))
-            cache[name] = read_features(features, name)
-        return cache[name]
-
+    from .parallel import ordered_map
     n_matches, n_inliers = [], []
+    args = (Path(features), cameras, poses, ratio, max_error, device)
     with pycolmap.Database.open(db_path) as db:
-        for a, b in tqdm(pairs, desc="match", unit="pair"):
-            fa, fb = feats(a), feats(b)
-            m = match_descriptors(fa["descriptors"], fb["descriptors"], ratio=ratio).astype(np.uint32)
+        results = ordered_map(_match_pair, pairs, workers, _matcher_init, args, chunksize=32)
+        for (a, b), (m, inl) in tqdm(zip(pairs, results), total=len(pairs), desc="match", unit="pair"):
             ia, ib = image_ids[a], image_ids[b]
             db.write_matches(ia, ib, m)
-            if use_poses:
-                if len(m):
-                    A, B = rec.images[ia], rec.images[ib]
-                    pa = Pose(np.asarray(A.cam_from_world().rotation.matrix()), np.asarray(A.cam_from_world().translation))
-                    pb = Pose(np.asarray(B.cam_from_world().rotation.matrix()), np.asarray(B.cam_from_world().translation))
-                    ok = epipolar_inliers(rec.cameras[A.camera_id], pa, fa["keypoints"][m[:, 0]],
-                                          rec.cameras[B.camera_id], pb, fb["keypoints"][m[:, 1]], max_error)
-                    inl = m[ok]
-                else:
-                    inl = m
+            if inl is not None:
                 db.write_two_view_geometry(ia, ib, pycolmap.TwoViewGeometry(
                     inlier_matches=inl, config=pycolmap.TwoViewGeometryConfiguration.CALIBRATED))
                 n_inliers.append(len(inl))

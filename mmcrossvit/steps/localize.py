@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..colmap_io import read_pairs, write_poses
+from ..device import CHOICES, HELP
 from ..errors import DataError
 from ..evaluation import oracle_candidates
 from .. import records
@@ -42,6 +43,7 @@ from ..features import extract_features, feature_names, feature_stamps, stored_c
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel, localize_query, ransac_threshold
+from ..parallel import ordered_map, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import write_json
 
@@ -72,6 +74,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="longer image side at which --ransac-max-error holds; the threshold scales with each "
                         "query's size (None: a fixed threshold)")
     g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
+    g = p.add_argument_group("resources (the results do not depend on them)")
+    g.add_argument("--workers", type=int, default=S, help="processes localizing queries (0: one per CPU core)")
+    g.add_argument("--device", choices=CHOICES, default=S, help=HELP + "; used for descriptor matching")
     p.add_argument("--retrieval", choices=["pairs", "oracle", "all"], default="pairs",
                    help="candidates: the retrieval pairs file, ground-truth covisibility (oracle), or every db image")
     p.add_argument("--pairs", type=Path, default=None,
@@ -154,6 +159,19 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
     return {q: c[:k] for q, c in cands.items()} if k else cands
 
 
+def _localize_init(model: SfMModel, features: Path, opts: tuple):
+    return model, features, opts
+
+
+def _localize_one(state, job) -> dict:
+    """One query's log row (pose included); run in this process or a worker."""
+    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device) = state
+    q, camera, cands, threshold = job
+    r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
+                       rerank_keep, device=device)
+    return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
+
+
 def _read_log(path: Path) -> dict[str, dict]:
     """Rows of an earlier run's log by query; a torn last line (an interruption) ends it."""
     done: dict[str, dict] = {}
@@ -187,7 +205,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     missing = sorted(set(queries) - feature_names(run.features))
     if missing:
         log.info("extracting features for %d queries", len(missing))
-        extract_features(ds.images_dir, missing, run.features, stored_config(run.features))
+        extract_features(ds.images_dir, missing, run.features, stored_config(run.features), workers=cfg.workers,
+                         device=cfg.device)
 
     # each log row carries the key of what produced it: its candidates, the settings, the model
     # and the query's features; rows whose key still matches are reused, the rest recomputed
@@ -212,14 +231,15 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     with open(log_path, "w") as logf:  # rewritten cleanly: no torn, stale or dropped row survives
         logf.writelines(json.dumps(r) + "\n" for r in done.values())
         logf.flush()
-        for q in tqdm([q for q in sorted(queries) if q not in done], desc="localize", unit="query"):
-            r = localize_query(q, queries[q].camera, cands[q], model, run.features, cfg.ratio,
-                               ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size),
-                               cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep)
-            row = {**r.log_row(), "condition": queries[q].condition,
-                   "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(), "key": keys[q],
+        todo = [q for q in sorted(queries) if q not in done]
+        jobs = [(q, queries[q].camera, cands[q],
+                 ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
+        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device)
+        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
+        for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
+            row = {**r, "condition": queries[q].condition, "key": keys[q],
                    # where a failed query's pose comes from: it is a stand-in, not an estimate
-                   "fallback": None if r.success else ("top retrieved image" if cands[q] else "identity")}
+                   "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row
@@ -238,7 +258,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "retrieval": cfg.retrieval, "rerank": {"candidates": rerank, "keep": rerank_keep} if rerank else None,
                "pairs": str(pairs_file(run, cfg)) if cfg.retrieval == "pairs" else None,
                "results": str(results_path),
-               "matching_threads": torch.get_num_threads()}
+               "matching_threads": torch.get_num_threads(), "workers": resolve_workers(cfg.workers)}
     write_json(run.localization_summary(tag), summary)
     print(f"{summary['localized']}/{summary['queries']} queries localized "
           f"({len(fallback['top retrieved image'])} got the top retrieved image's pose, "

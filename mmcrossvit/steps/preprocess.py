@@ -23,6 +23,7 @@ import pandas as pd
 
 from .. import sfm, spatial_db
 from ..colmap_io import write_pairs
+from ..device import CHOICES, HELP
 from ..colmap_model import read_colmap_cameras_poses, read_model_observations
 from ..errors import DataError
 from .. import records
@@ -65,6 +66,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-shared", type=int, default=S, help="3D points an image must share with the anchor to be a positive")
     g.add_argument("--z-thresh", type=float, default=S, help="z-score outlier threshold for the 3D boxes")
     g.add_argument("--folds", type=int, default=S, help="k-fold split of anchors for validation")
+    g = p.add_argument_group("resources (the outputs do not depend on them)")
+    g.add_argument("--workers", type=int, default=S,
+                   help="processes for SIFT extraction and matching (0: one per CPU core)")
+    g.add_argument("--device", choices=CHOICES, default=S, help=HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute every part even if its outputs exist")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
     p.add_argument("--skip-validation", action="store_true", help="do not check that every listed image exists")
@@ -92,7 +97,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold,
                       contrast=cfg.contrast)
     names = db_names + sorted(ds.queries)
-    feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite)
+    feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite,
+                                    workers=cfg.workers, device=cfg.device)
     log.info("features: %d extracted, %d already done, %d skipped",
              feat_summary["extracted"], feat_summary["already_done"], len(feat_summary["skipped"]))
     skipped_db = set(failed_images(run.features)) & set(db_names)  # excluded by every later step
@@ -120,7 +126,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                 log.info("intrinsics from %s are used only as initial guesses by incremental mapping", intr)
             sfm.import_features(db_path, image_ids, run.features)
             write_pairs(run.pairs_db, pairs)
-            sfm.match_and_verify(db_path, None, image_ids, pairs, run.features, ratio=cfg.ratio, use_poses=False)
+            sfm.match_and_verify(db_path, image_ids, pairs, run.features, ratio=cfg.ratio, workers=cfg.workers,
+                                 device=cfg.device)
             pycolmap.verify_matches(db_path, run.pairs_db)
             rec = sfm.incremental(db_path, ds.images_dir, run.sfm)
             match_stats = {"pairs": len(pairs)}
@@ -140,8 +147,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             db_path = run.sfm_work / "database.db"
             image_ids = sfm.create_database(ref, db_path)
             sfm.import_features(db_path, image_ids, run.features)
-            match_stats = sfm.match_and_verify(db_path, ref, image_ids, pairs, run.features, ratio=cfg.ratio,
-                                               max_error=cfg.max_epipolar_error)
+            match_stats = sfm.match_and_verify(db_path, image_ids, pairs, run.features, cams, poses, cfg.ratio,
+                                               cfg.max_epipolar_error, workers=cfg.workers, device=cfg.device)
             rec = sfm.triangulate(ref, db_path, ds.images_dir, run.sfm, cfg.min_pair_matches, cfg.two_view_tracks,
                                   cfg.min_tri_angle)
         shutil.copy2(db_path, run.sfm_database)

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
+from ..device import pick
+
 
 @dataclass
 class Dist:
@@ -36,9 +38,7 @@ class Dist:
 
 def setup(device: str = 'auto', threads: Optional[int] = None) -> Dist:
     """Pick the device and, when started by torchrun (WORLD_SIZE > 1), join the process group."""
-    cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
+    cuda = pick(device).type == 'cuda'  # the rule every step shares
     world = int(os.environ.get('WORLD_SIZE', 1))
     rank, local = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
     dev = torch.device('cuda', local) if cuda else torch.device('cpu')
@@ -61,6 +61,31 @@ def cleanup(d: Dist) -> None:
 def barrier(d: Dist) -> None:
     if d.ddp:
         tdist.barrier()
+
+
+def mean_over_ranks(x: torch.Tensor, d: Dist) -> float:
+    """The average of a scalar over the processes (a collective: all ranks must call it). For a
+    loss that is a mean over rows, this is the loss of the whole global batch."""
+    v = x.detach().float().reshape(1)
+    if d.ddp:
+        tdist.all_reduce(v)
+        v /= d.world
+    return float(v)
+
+
+def gather_rows(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Every rank's rows of `x`, rank 0's first: the same tensor on every rank (a collective).
+    With x.requires_grad the gradient flows back to each rank's own rows, summed over the ranks;
+    so a loss computed identically on every rank from gathered rows, with DDP averaging the
+    parameter gradients, trains exactly as one process would on the whole global batch."""
+    if not d.ddp:
+        return x
+    if x.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+        return torch.cat(all_gather(x))
+    parts = [torch.empty_like(x) for _ in range(d.world)]
+    tdist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

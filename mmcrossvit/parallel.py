@@ -1,0 +1,68 @@
+"""Independent work items in worker processes, results in input order.
+
+`ordered_map(fn, items, workers, init, initargs)` yields `fn(state, item)` for every item, in
+the order given, where `state = init(*initargs)` is built once per process. With one worker it
+all runs in this process; with more, in spawned processes (fork would copy torch's and COLMAP's
+thread pools in an undefined state). The caller alone writes files, in input order, so the
+outputs do not depend on the number of workers; every worker computes exactly what the single
+process would (tests/test_workers.py checks it byte for byte).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
+
+_STATE: Any = None
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | None) -> int:
+    """--workers: 0 (or None) is one per available core."""
+    if workers is None or workers == 0:
+        return cpu_count()
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: one per core), got {workers}")
+    return workers
+
+
+def _start(threads: int, init: Callable, initargs: tuple) -> None:
+    global _STATE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    import torch
+    torch.set_num_threads(threads)
+    _STATE = init(*initargs)
+
+
+def _run(fn: Callable, item):
+    return fn(_STATE, item)
+
+
+def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, init: Callable[..., Any],
+                initargs: tuple = (), chunksize: int = 1) -> Iterator:
+    """fn(state, item) for each item, in order. `fn` and `init` must be module-level functions
+    (they are pickled by name) and `initargs` picklable."""
+    items = list(items)
+    workers = min(resolve_workers(workers), max(len(items), 1))
+    if workers <= 1:
+        state = init(*initargs)
+        for it in items:
+            yield fn(state, it)
+        return
+    threads = max(1, cpu_count() // workers)  # the processes share the cores
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start,
+                             initargs=(threads, init, initargs)) as pool:
+        try:
+            yield from pool.map(_run, [fn] * len(items), items, chunksize=chunksize)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
