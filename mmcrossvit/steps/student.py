@@ -40,7 +40,7 @@ from ..losses import calibrated_sigma, embedding_regression_loss, relaxed_contra
 from ..paths import RunLayout
 from ..train.checkpoint import load_model
 from ..train.data import ImageCache, load_spatial_tokens, training_inputs
-from ..train.distributed import weights_checksum
+from ..train.distributed import gather_rows, weights_checksum
 from ..train.flags import add_training_args
 from ..train.loop import Session, Task, fit, start
 from ..storage import write_npz
@@ -198,10 +198,12 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         target = targets[batch['flip'].flatten().to(d.device), batch['index'].flatten().to(d.device)]
         with s.autocast():
             emb = model(x)
-        # pairwise terms are within this process's share of the batch (per-GPU batch, as usual)
-        out = relaxed_contrastive_loss(emb.float(), target, sigma, cfg.delta)
+        # the pairwise loss is over the global batch: every rank's rows are gathered (with their
+        # gradients), so W processes train as one would (tests/test_distributed.py)
+        emb, target = gather_rows(emb.float(), d), gather_rows(target, d)
+        out = relaxed_contrastive_loss(emb, target, sigma, cfg.delta)
         if cfg.regression > 0:
-            out = out + cfg.regression * embedding_regression_loss(emb.float(), target)
+            out = out + cfg.regression * embedding_regression_loss(emb, target)
         return out
 
     extra = {'teacher': str(teacher_path), 'teacher_config': tcfg, 'teacher_sha256': teacher_sum}

@@ -25,7 +25,7 @@ from ..paths import RunLayout
 from ..spatial_db import SpatialDB
 from .checkpoint import TrainDir, finished_summary, load_checkpoint, restore, save_epoch, start_or_resume
 from .data import ImageCache, global_batches, loader, training_db
-from .distributed import Dist, amp_setup, barrier, cleanup, setup, weights_checksum, wrap_ddp
+from .distributed import Dist, amp_setup, barrier, cleanup, mean_over_ranks, setup, weights_checksum, wrap_ddp
 from .optim import init_weights, lr_at, make_optimizer, make_schedule, optimizer_step
 from .rng import gather_rng, seed_all
 from .tblog import Logger, write_summary
@@ -149,7 +149,7 @@ def fit(s: Session, task: Task) -> dict:
             loss = task.loss(model, batch)
             grad_norm = optimizer_step(model, optimizer, s.scaler, loss, cfg.grad_clip)
             step += 1
-            losses.append(loss.item())
+            losses.append(mean_over_ranks(loss, d))  # the global batch's loss, not rank 0's share
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.1e}")
             tb.scalars({'loss': losses[-1], 'lr': lr, 'grad_norm': grad_norm}, step, 'train/')
         dt = time.perf_counter() - t0
