@@ -37,7 +37,7 @@ _PAPER = {
                     grad_clip=0.0, night_prob=0.5, cyclegan=True, hflip=0.0, jitter=0.0, crop_scale=1.0,
                     portrait_prob=0.0, roll=0.0, val_every=10, eval_batch_size=64, sigma=1.0, delta=1.0,
                     regression=0.0),
-    "pairs": dict(num_retrieved=100, num_db_neighbours=200, batch_size=16),
+    "pairs": dict(num_retrieved=100, num_db_neighbours=200, batch_size=16, index="auto", nprobe=16, ef_search=128),
     # oracle_num_retrieved: candidates per query of the ground-truth retrieval (the ceiling), as
     # many as the student retrieves
     "localize": dict(num_retrieved=None, oracle_num_retrieved=100, covisibility=False, ratio=0.8,

@@ -2,7 +2,8 @@
 
 Computes student descriptors for database and query images (batched, cached in
 outputs/<name>/descriptors.h5 keyed by image name and tied to the checkpoint), ranks the database
-by inner product (exact), and writes hloc-format pairs:
+by inner product (--index: exact, or a faiss index above AUTO_EXACT_MAX_DB database images; see
+mmcrossvit/retrieval.py), and writes hloc-format pairs:
   outputs/<name>/pairs-query.txt         "<query> <db>" for the top-K database images of each query
   outputs/<name>/pairs-query-ranked.txt  the same, as deep as the ranking (localize --rerank's candidates)
   outputs/<name>/pairs-db-retrieval.txt  "<db> <db>"   database-to-database neighbours (self excluded)
@@ -21,7 +22,8 @@ from ..errors import DataError
 from ..features import failed_images
 from ..layout import Dataset
 from ..paths import RunLayout
-from ..retrieval import compute_descriptors, file_fingerprint, stack, topk
+from ..retrieval import (AUTO_EXACT_MAX_DB, INDEXES, MissingFaiss, build_index, compute_descriptors,
+                         file_fingerprint, import_faiss, resolve_index, search, stack)
 from ..storage import write_npz
 from ..train.checkpoint import load_model
 
@@ -36,6 +38,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-db-neighbours", type=int, default=S,
                    help="neighbours ranked per image for the retrieval tables (P@K / Recall@K up to this K)")
     g.add_argument("--batch-size", type=int, default=S, help="images per forward pass")
+    g.add_argument("--index", choices=INDEXES, default=S,
+                   help="nearest-neighbour search: exact (every database descriptor), ivf or hnsw (faiss "
+                        f"approximate indexes: pip install faiss-cpu), auto (exact up to {AUTO_EXACT_MAX_DB:,} "
+                        "database images, ivf above; benchmarks/results/retrieval_index.md)")
+    g.add_argument("--nprobe", type=int, default=S,
+                   help="ivf: cells scanned per query (more: higher recall against exact, slower)")
+    g.add_argument("--ef-search", type=int, default=S,
+                   help="hnsw: candidates kept per query, at least K (more: higher recall, slower)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="student checkpoint (default outputs/<name>/student/best.pt)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -58,13 +68,21 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     q_names = [q for q in sorted(ds.queries) if q not in bad]
     if bad:
         print(f"{len(bad)} unreadable images left out of retrieval (e.g. {next(iter(bad))}: {next(iter(bad.values()))})")
+    index = resolve_index(cfg.index, len(db_names))
+    if index != "exact":
+        try:
+            import_faiss()  # before the descriptors: a missing faiss fails in a second, not after them
+        except MissingFaiss as e:
+            raise DataError(None, str(e)) from e
     image_paths = {n: ds.image_path(n) for n in db_names + q_names}
     desc = compute_descriptors(model, image_paths, size, run.descriptors, file_fingerprint(ckpt),
                                cfg.batch_size, cfg.device)
     D, Q = stack(desc, db_names), stack(desc, q_names)
     # rank deeper than K for the retrieval tables; the pairs file keeps the top K
-    q_idx, q_score = topk(Q, D, max(cfg.num_retrieved, cfg.num_db_neighbours))
-    d_idx, d_score = topk(D, D, cfg.num_db_neighbours, exclude_self=True)
+    built = None if index == "exact" else build_index(D, index, seed=cfg.seed)  # one index, both searches
+    kw = dict(index=index, nprobe=cfg.nprobe, ef_search=cfg.ef_search, built=built)
+    q_idx, q_score = search(Q, D, max(cfg.num_retrieved, cfg.num_db_neighbours), **kw)
+    d_idx, d_score = search(D, D, cfg.num_db_neighbours, exclude_self=True, **kw)
     write_pairs(run.pairs_query, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row[:cfg.num_retrieved]])
     write_pairs(run.pairs_query_ranked, [(q, db_names[j]) for q, row in zip(q_names, q_idx) for j in row])
     write_pairs(run.pairs_db_retrieval,
@@ -72,5 +90,5 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     write_npz(run.retrieval, db_names=np.array(db_names), query_names=np.array(q_names),
               query_ranked=q_idx, query_scores=q_score, db_ranked=d_idx, db_scores=d_score)
     k = min(cfg.num_retrieved, int(q_idx.shape[1]))
-    print(f"{len(q_names)} queries x top-{k} of {len(db_names)} database images -> {run.pairs_query}")
-    return {"queries": len(q_names), "k": k}
+    print(f"{len(q_names)} queries x top-{k} of {len(db_names)} database images ({index} search) -> {run.pairs_query}")
+    return {"queries": len(q_names), "k": k, "index": index}
