@@ -2,8 +2,9 @@
 
     python benchmarks/results_page.py --dataset datasets/demo
 
-Reads benchmarks/results/*.md (efficiency, throughput, scale, ablation, token reliance, student
-retrieval, re-ranking) and
+Reads benchmarks/results/*.md (efficiency, throughput, scale, cost curve, ablation, token reliance,
+student retrieval, re-ranking; a figure a file links beside itself, like cost_curve.png, is linked
+from the page) and
 outputs/<name>/evaluation.{md,json}; draws localization recall against the position threshold
 (student vs oracle retrieval, day and night) and the retrieval P@K / Recall@K curves into
 benchmarks/results/*.png. Nothing is typed in by hand: re-run the producing commands first.
@@ -11,6 +12,7 @@ benchmarks/results/*.png. Nothing is typed in by hand: re-run the producing comm
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from mmcrossvit.storage import atomic_path, read_json, write_text  # noqa: E402
 SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficiency.py"),
             ("Throughput", "throughput.md", "python benchmarks/throughput.py"),
             ("Pipeline scale", "scale.md", "python benchmarks/scale.py --log outputs/demo/localization_log.jsonl"),
+            ("Pipeline cost curve (time, memory and disk of every step against the database size)", "cost_curve.md",
+             "python benchmarks/cost_curve.py --sizes 100 300 1000"),
             ("Ablation (demo, held-out fold)", "ablation.md", "python benchmarks/ablation.py --dataset datasets/demo"),
             ("Localization ceiling: levers with oracle retrieval", "sfm_levers.md",
              "python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo"),
@@ -113,6 +117,8 @@ def main(argv=None) -> Path:
             body = f.read_text().strip()
             if body.startswith("# "):
                 body = body.split("\n", 1)[1].strip()
+            # a figure the file names beside itself (e.g. cost_curve.png): as seen from the page
+            body = re.sub(r"\]\(([^/()]+\.png)\)", r"](benchmarks/results/\1)", body)
             md += [f"## {title}", "", f"`{cmd}`", "", body, ""]
     write_text(args.page, "\n".join(md) + "\n")
     print(f"-> {args.page}")
