@@ -1,17 +1,33 @@
 """Descriptor-extraction throughput, side by side in one run: the student CrossViT-tiny (240) and
-NetVLAD-VGG16 (640x480), same batch size and threads; plus this machine's fp32 matmul peak and
-the fraction of it each model achieves (FLOPs counted with FlopCounterMode, 2 x multiply-adds).
+NetVLAD-VGG16 (640x480), same batch size and threads; this machine's fp32 matmul peak; the
+fraction of it each model achieves (FLOPs counted with FlopCounterMode, 2 x multiply-adds); and
+the student's inference variants (inference mode vs no_grad, channels-last, torch.compile, one
+thread vs all), each against NetVLAD measured in the same run.
 
-Each measurement: warm-up forwards, then the median of N timed forwards (inference mode, random
-weights and images). On a GPU (when torch.cuda.is_available()) the same is measured with
-synchronisation, optionally under bf16 autocast (--amp).
+The peak is a probe curve, not one matmul: an N x N fp32 matmul for every --matmul-size, each the
+median of --matmul-runs timed runs after a warm-up, at the thread count the models run at; the
+peak is the best size. The probe runs before and after the models (the best of both passes is
+the peak), so that the machine's load changing during the run is less likely to put a model above
+it. If a model still beats the probe, the page says so and takes that model's figure as the peak
+(it never prints more than 100%). Variants on one thread are compared with a 1-thread probe.
+
+Each model measurement: warm-up forwards, then the median of N timed forwards (random weights and
+images). NetVLAD is measured as before (eager fp32, inference mode). The student's variants at
+one thread count are timed interleaved (one batch of each in turn), so that load changes hit them
+alike. On a GPU (when torch.cuda.is_available()) both models are measured with synchronisation,
+optionally under bf16 autocast (--amp), against the same kind of probe.
 
     python benchmarks/throughput.py                    # writes benchmarks/results/throughput.{md,json}
-    python benchmarks/throughput.py --runs 10 --threads 16
+                                                       # (about 8 min on 2 cores, two cold compiles included)
+    python benchmarks/throughput.py --quick            # smoke run (about 2 min), marked as such
+    python benchmarks/throughput.py --variants eager compile --threads 16
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
+import os
 import statistics
 import time
 
@@ -21,21 +37,70 @@ from report import finish, machine_info, markdown_table, parser
 
 from models.crossvit import build_student
 
+# the student's inference variants and what each changes (student_variant builds them)
+VARIANTS = {
+    "eager": "eager fp32 under torch.inference_mode (the baseline; how NetVLAD is measured)",
+    "no_grad": "eager fp32 under torch.no_grad instead of inference_mode",
+    "channels_last": "eager fp32, inference_mode, model and images in channels-last memory format "
+                     "(the conv patch embeddings)",
+    "compile": "torch.compile(model) (default mode), inference_mode; its compile time is reported apart",
+    "compile_channels_last": "torch.compile of the channels-last model, channels-last images",
+    "compile_freezing": "torch.compile with inductor's freezing (weights folded in as constants and "
+                        "pre-packed for oneDNN; its CPU inference recipe), inference_mode",
+    "compile_max_autotune": "torch.compile with freezing and max_autotune (mode='max-autotune' on CPU): "
+                            "inductor also times its own C++ GEMM templates against ATen's for every matmul "
+                            "(long compile)",
+    "1thread": "eager fp32, inference_mode, on 1 thread instead of --threads (NetVLAD too)",
+}
+DEFAULT_VARIANTS = ["eager", "no_grad", "channels_last", "compile", "compile_freezing", "1thread"]
+QUICK_VARIANTS = ["eager", "no_grad", "channels_last"]
+
 
 def parse_args(argv=None):
     p = parser(__doc__, "throughput")
     p.add_argument("--batch", type=int, default=8, help="images per forward, the same for both models")
-    p.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing")
-    p.add_argument("--runs", type=int, default=3, help="timed forwards; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing (each model, each variant)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed NetVLAD forwards; the median is reported (default 3; --quick: 1)")
+    p.add_argument("--student-runs", type=int, default=None,
+                   help="timed student forwards per variant (interleaved across variants); the median is "
+                        "reported (default 10; --quick: 3)")
     p.add_argument("--student-size", type=int, default=240, help="student input size")
     p.add_argument("--netvlad-hw", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
                    help="NetVLAD input height and width")
-    p.add_argument("--matmul-size", type=int, default=2048, help="N of the N x N fp32 matmul used for the CPU peak")
-    p.add_argument("--gpu-matmul-size", type=int, default=8192, help="N of the N x N matmul used for the GPU peak")
-    p.add_argument("--matmul-runs", type=int, default=5, help="timed matmuls; the median is reported")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                   help="student inference variants to time (default: " + " ".join(DEFAULT_VARIANTS) +
+                        "; 'eager' is always included, as the baseline). " +
+                        "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
+    p.add_argument("--netvlad-channels-last", action="store_true",
+                   help="also time NetVLAD in channels-last memory format (about one more NetVLAD measurement)")
+    p.add_argument("--matmul-size", type=int, nargs="+", default=None, metavar="N",
+                   help="sizes N of the N x N fp32 matmuls of the CPU peak probe; the best is the peak "
+                        "(default 1024 2048 3072 4096 6144; --quick: 1024 2048)")
+    p.add_argument("--gpu-matmul-size", type=int, nargs="+", default=[4096, 8192, 16384], metavar="N",
+                   help="sizes N of the N x N matmuls of the GPU peak probe; the best is the peak")
+    p.add_argument("--matmul-runs", type=int, default=None,
+                   help="timed matmuls per size; the median is reported (default 5; --quick: 3)")
+    p.add_argument("--probe-once", action="store_true",
+                   help="run the peak probe only before the models (default: before and after, best of both)")
     p.add_argument("--amp", action="store_true", help="on GPU, also time both models under bf16 autocast")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements even if CUDA is available")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: probe sizes 1024 2048 once, 3 matmuls per size, NetVLAD 1 timed batch, "
+                        "student 3 per variant, variants " + " ".join(QUICK_VARIANTS) + " (flags given explicitly "
+                        "win); the page is marked as such")
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {"matmul_size": [[1024, 2048, 3072, 4096, 6144], [1024, 2048]], "matmul_runs": [5, 3],
+                "runs": [3, 1], "student_runs": [10, 3], "variants": [DEFAULT_VARIANTS, QUICK_VARIANTS]}
+    for k, (full, short) in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, short if quick else full)
+    args.probe_once = args.probe_once or quick
+    args.variants = list(dict.fromkeys(["eager"] + args.variants))
+    if args.threads == 1 and "1thread" in args.variants:  # the baseline already runs on one thread
+        args.variants.remove("1thread")
+    return args
 
 
 def median_seconds(fn, warmup: int, runs: int, sync=lambda: None) -> tuple[float, list[float]]:
@@ -51,26 +116,211 @@ def median_seconds(fn, warmup: int, runs: int, sync=lambda: None) -> tuple[float
     return statistics.median(times), times
 
 
-def matmul_peak(n: int, runs: int, device: str, dtype=torch.float32, sync=lambda: None) -> dict:
+def matmul_gflops(n: int, runs: int, device: str, dtype=torch.float32, sync=lambda: None,
+                  min_seconds: float = 0.05) -> dict:
+    """One point of the probe curve: the median of `runs` timed N x N matmuls after a warm-up; small
+    sizes are repeated within a timed run so that each run lasts at least `min_seconds`."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t, times = median_seconds(lambda: a @ b, 1, runs, sync)
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "seconds_median": t, "seconds": times,
-            "gflops_per_s": 2 * n ** 3 / t / 1e9}
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    mm = lambda: torch.mm(a, b, out=c)  # noqa: E731
+    _, (once,) = median_seconds(mm, 1, 1, sync)
+    reps = max(1, math.ceil(min_seconds / max(once, 1e-9)))
+    t, times = median_seconds(lambda: [mm() for _ in range(reps)], 1, runs, sync)
+    return {"n": n, "repeats_per_run": reps, "seconds_median": t / reps, "seconds": [s / reps for s in times],
+            "gflops_per_s": 2 * n ** 3 / (t / reps) / 1e9}
+
+
+def matmul_probe(sizes: list[int], runs: int, device: str, dtype=torch.float32, sync=lambda: None,
+                 label: str = "") -> dict:
+    """The probe curve over `sizes` and its best point, at the current thread count."""
+    curve = []
+    for n in sizes:
+        curve.append(matmul_gflops(n, runs, device, dtype, sync))
+        print(f"  {label}{device} {str(dtype).replace('torch.', '')} matmul {n}^3: "
+              f"{curve[-1]['gflops_per_s']:.1f} GFLOP/s", flush=True)
+    best = max(curve, key=lambda r: r["gflops_per_s"])
+    return {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads() if device == "cpu" else None,
+            "curve": curve, "best_n": best["n"], "gflops_per_s": best["gflops_per_s"]}
+
+
+def combine_passes(passes: list[dict]) -> dict:
+    """The peak over probe passes (before / after the models): the best point of any pass."""
+    best = max(passes, key=lambda p: p["gflops_per_s"])
+    return {"gflops_per_s": best["gflops_per_s"], "best_n": best["best_n"], "dtype": best["dtype"],
+            "passes": passes}
+
+
+def apply_peak(records: list[dict], probe_gflops: float) -> dict:
+    """Fractions of the peak for `records` (each with achieved_gflops_per_s). The peak is the probe;
+    if a model beats it, the peak becomes that model's figure and the result says so."""
+    best = max((r["achieved_gflops_per_s"] for r in records), default=0.0)
+    peak = max(probe_gflops, best)
+    for r in records:
+        r["fraction_of_matmul_peak"] = r["achieved_gflops_per_s"] / peak
+        r["fraction_of_probe"] = r["achieved_gflops_per_s"] / probe_gflops
+    return {"probe_gflops_per_s": probe_gflops, "peak_gflops_per_s": peak, "model_exceeded_probe": best > probe_gflops}
+
+
+def record(t: float, times: list[float], batch: int, flops: int) -> dict:
+    return {"seconds_per_batch_median": t, "seconds_per_batch": times, "images_per_s": batch / t,
+            "gflops_per_image": flops / 1e9, "achieved_gflops_per_s": flops * batch / t / 1e9}
 
 
 def measure(models: dict, inputs: dict, flops: dict, args, device: str, autocast, sync) -> dict:
+    """Each model on its own: warm-up, then the median of --runs forwards under inference mode."""
     out = {}
     for name, model in models.items():
         x = inputs[name].to(device)
         model = model.to(device)
         with torch.inference_mode(), autocast():
             t, times = median_seconds(lambda: model(x), args.warmup, args.runs, sync)
-        out[name] = {"seconds_per_batch_median": t, "seconds_per_batch": times, "images_per_s": args.batch / t,
-                     "gflops_per_image": flops[name] / 1e9, "achieved_gflops_per_s": flops[name] * args.batch / t / 1e9}
+        out[name] = record(t, times, args.batch, flops[name])
         print(f"  {device} {name}: {args.batch / t:.2f} images/s (median of {args.runs}: {t:.3f} s per batch "
               f"of {args.batch})", flush=True)
     return out
+
+
+def student_variant(name: str, model: torch.nn.Module, x: torch.Tensor) -> tuple:
+    """(callable forward, grad-mode context factory, compile seconds or None) for a variant; a compile
+    variant compiles on its first call, inside this function, cold (inductor's on-disk caches off), so
+    that its compile time does not depend on earlier runs."""
+    grad = torch.no_grad if name == "no_grad" else torch.inference_mode
+    if "channels_last" in name:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if not name.startswith("compile"):
+        return (lambda: model(x)), grad, None
+    import torch._inductor.config as inductor_config
+    from torch._inductor.utils import clear_inductor_caches
+    # freezing goes in through options, not a config patch: a backend with other options fails dynamo's
+    # backend guard, so each variant compiles its own code instead of reusing another variant's
+    options = {"compile_freezing": {"freezing": True},
+               "compile_max_autotune": {"freezing": True, "max_autotune": True}}.get(name)
+    compiled = torch.compile(model, options=options)
+    clear_inductor_caches()  # in-memory kernel caches: another variant's kernels must not make this one warm
+    t0 = time.perf_counter()
+    with inductor_config.patch(force_disable_caches=True), grad():
+        compiled(x)
+    return (lambda: compiled(x)), grad, time.perf_counter() - t0
+
+
+def time_student_variants(names: list[str], model, x, flops: int, args) -> dict:
+    """The variants at the current thread count: each prepared and warmed up, then timed interleaved,
+    one batch of each in turn, --student-runs rounds; per variant the median."""
+    ready, out = {}, {}
+    for name in names:
+        try:
+            fn, grad, compile_s = student_variant(name, model, x)
+            with grad():
+                for _ in range(args.warmup):
+                    fn()
+            ready[name] = (fn, grad)
+            out[name] = {"compile_seconds": compile_s} if compile_s is not None else {}
+            if compile_s is not None:
+                print(f"  student {name}: compiled in {compile_s:.1f} s", flush=True)
+        except Exception as e:  # noqa: BLE001 - a variant that fails (torch.compile) is reported, not fatal
+            if name in ("eager", "1thread"):
+                raise
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+            out[name] = {"error": msg}
+            print(f"  student {name}: FAILED ({msg})", flush=True)
+    times = {name: [] for name in ready}
+    for _ in range(args.student_runs):
+        for name, (fn, grad) in ready.items():
+            with grad():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        out[name].update(record(statistics.median(ts), ts, args.batch, flops))
+        print(f"  student {name}: {out[name]['images_per_s']:.2f} images/s (median of {len(ts)}: "
+              f"{out[name]['seconds_per_batch_median']:.3f} s per batch of {args.batch})", flush=True)
+    return out
+
+
+def cpu_run(nets: dict, inputs: dict, flops: dict, args) -> dict:
+    """Probe (before), then per thread count NetVLAD and the student's variants, then probe (after)."""
+    groups = {args.threads: [v for v in args.variants if v != "1thread"]}
+    if "1thread" in args.variants:
+        groups[1] = ["1thread"]
+    probes = {t: [] for t in groups}
+
+    def probe(when: str):
+        for t in groups:
+            torch.set_num_threads(t)
+            print(f"CPU peak probe ({when} the models), {t} thread(s)", flush=True)
+            probes[t].append(dict(matmul_probe(args.matmul_size, args.matmul_runs, "cpu", label=f"{t}t "),
+                                  when=when))
+
+    probe("before")
+    groups_out = {}
+    for t, names in groups.items():
+        torch.set_num_threads(t)
+        print(f"CPU, {t} thread(s), batch {args.batch}", flush=True)
+        nv_models = {"netvlad": nets["netvlad"]}
+        netvlad = measure(nv_models, inputs, flops, args, "cpu", contextlib.nullcontext, lambda: None)["netvlad"]
+        netvlad_cl = None
+        if args.netvlad_channels_last and t == args.threads:
+            cl = {"netvlad": copy.deepcopy(nets["netvlad"]).to(memory_format=torch.channels_last)}
+            x_cl = {"netvlad": inputs["netvlad"].contiguous(memory_format=torch.channels_last)}
+            netvlad_cl = measure(cl, x_cl, flops, args, "cpu", contextlib.nullcontext, lambda: None)["netvlad"]
+        student = time_student_variants(names, nets["student"], inputs["student"], flops["student"], args)
+        groups_out[t] = {"netvlad": netvlad, "netvlad_channels_last": netvlad_cl, "student": student}
+    if not args.probe_once:
+        probe("after")
+
+    out = {"threads": args.threads, "peak_probe": {}, "student_variants": {}, "netvlad": {}}
+    for t, g in groups_out.items():
+        peak = combine_passes(probes[t])
+        timed = [g["netvlad"]] + ([g["netvlad_channels_last"]] if g["netvlad_channels_last"] else []) + \
+                [r for r in g["student"].values() if "images_per_s" in r]
+        peak.update(apply_peak(timed, peak["gflops_per_s"]))
+        out["peak_probe"][str(t)] = peak
+        out["netvlad"][str(t)] = g["netvlad"]
+        if g["netvlad_channels_last"]:
+            out["netvlad_channels_last"] = g["netvlad_channels_last"]
+        for name, r in g["student"].items():
+            r["threads"] = t
+            if "images_per_s" in r:
+                r["student_vs_netvlad"] = r["images_per_s"] / g["netvlad"]["images_per_s"]
+            out["student_variants"][name] = r
+    base = out["student_variants"]["eager"]
+    ok = {k: v for k, v in out["student_variants"].items() if "images_per_s" in v}
+    best = max(ok, key=lambda k: ok[k]["images_per_s"])
+    for v in ok.values():
+        v["speedup_vs_eager"] = v["images_per_s"] / base["images_per_s"]
+    out["best_variant"] = best
+    out["speedup_student_vs_netvlad"] = base["student_vs_netvlad"]  # the baseline, as on earlier pages
+    out["speedup_best_variant_vs_netvlad"] = ok[best]["student_vs_netvlad"]
+    # the layout of earlier pages: the baseline student and NetVLAD at --threads
+    out["models"] = {"student": base, "netvlad": out["netvlad"][str(args.threads)]}
+    out["matmul_peak"] = out["peak_probe"][str(args.threads)]
+    return out
+
+
+def gpu_run(nets: dict, inputs: dict, flops: dict, args) -> dict:
+    sync = torch.cuda.synchronize
+    print(f"GPU {torch.cuda.get_device_name(0)}, batch {args.batch}", flush=True)
+    gpu = {"device": torch.cuda.get_device_name(0)}
+    modes = [("fp32", torch.float32, contextlib.nullcontext)]
+    if args.amp:
+        modes.append(("bf16_autocast", torch.bfloat16, lambda: torch.autocast("cuda", dtype=torch.bfloat16)))
+    for mode, dtype, autocast in modes:
+        before = dict(matmul_probe(args.gpu_matmul_size, args.matmul_runs, "cuda", dtype, sync), when="before")
+        r = measure(nets, inputs, flops, args, "cuda", autocast, sync)
+        passes = [before]
+        if not args.probe_once:
+            passes.append(dict(matmul_probe(args.gpu_matmul_size, args.matmul_runs, "cuda", dtype, sync), when="after"))
+        peak = combine_passes(passes)
+        peak.update(apply_peak(list(r.values()), peak["gflops_per_s"]))
+        gpu[mode] = {"matmul_peak": peak, "models": r,
+                     "speedup_student_vs_netvlad": r["student"]["images_per_s"] / r["netvlad"]["images_per_s"]}
+    return gpu
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
 
 
 def main(argv=None) -> dict:
@@ -90,65 +340,144 @@ def main(argv=None) -> dict:
     flops["netvlad"] = count_flops(build_netvlad().to("meta"), torch.empty(1, 3, h, w, device="meta"))[0]
 
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine_info(),
-              "flops_per_image": flops, "flops_convention": "FLOPs = 2 x multiply-adds (FlopCounterMode)"}
-
-    print(f"CPU, {args.threads} threads, batch {args.batch}", flush=True)
-    peak = matmul_peak(args.matmul_size, args.matmul_runs, "cpu")
-    print(f"  cpu fp32 matmul {args.matmul_size}^3: {peak['gflops_per_s']:.1f} GFLOP/s", flush=True)
-    cpu = measure(nets, inputs, flops, args, "cpu", contextlib.nullcontext, lambda: None)
-    for r in cpu.values():
-        r["fraction_of_matmul_peak"] = r["achieved_gflops_per_s"] / peak["gflops_per_s"]
-    result["cpu"] = {"matmul_peak": peak, "models": cpu,
-                     "speedup_student_vs_netvlad": cpu["student"]["images_per_s"] / cpu["netvlad"]["images_per_s"]}
-
+              "flops_per_image": flops, "flops_convention": "FLOPs = 2 x multiply-adds (FlopCounterMode)",
+              "variants": {k: VARIANTS[k] for k in args.variants}}
+    result["cpu"] = cpu = cpu_run(nets, inputs, flops, args)
+    torch.set_num_threads(args.threads)
     if torch.cuda.is_available() and not args.no_gpu:
-        sync = torch.cuda.synchronize
-        print(f"GPU {torch.cuda.get_device_name(0)}, batch {args.batch}", flush=True)
-        gpu = {"device": torch.cuda.get_device_name(0)}
-        gpu["matmul_peak"] = matmul_peak(args.gpu_matmul_size, args.matmul_runs, "cuda", torch.float32, sync)
-        modes = [("fp32", contextlib.nullcontext)]
-        if args.amp:
-            gpu["matmul_peak_bf16"] = matmul_peak(args.gpu_matmul_size, args.matmul_runs, "cuda", torch.bfloat16, sync)
-            modes.append(("bf16_autocast", lambda: torch.autocast("cuda", dtype=torch.bfloat16)))
-        for mode, autocast in modes:
-            r = measure(nets, inputs, flops, args, "cuda", autocast, sync)
-            ref = gpu["matmul_peak_bf16" if mode != "fp32" else "matmul_peak"]["gflops_per_s"]
-            for v in r.values():
-                v["fraction_of_matmul_peak"] = v["achieved_gflops_per_s"] / ref
-            gpu[mode] = {"models": r,
-                         "speedup_student_vs_netvlad": r["student"]["images_per_s"] / r["netvlad"]["images_per_s"]}
-        result["gpu"] = gpu
+        result["gpu"] = gpu_run(nets, inputs, flops, args)
+    if hasattr(os, "getloadavg"):
+        result["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    return finish(args.out, page(result, args), result)
 
+
+def page(result: dict, args) -> list[str]:
+    cpu, flops, s, (h, w) = result["cpu"], result["flops_per_image"], args.student_size, args.netvlad_hw
+    m = result["machine"]
+    md = ["# Descriptor-extraction throughput", ""]
+    if args.quick:
+        md += ["**Quick smoke run (`--quick`)**: probe sizes " + ", ".join(map(str, args.matmul_size)) +
+               f" once, NetVLAD {args.runs} timed batch, student {args.student_runs} per variant. Not the "
+               "figures to report: re-run `python benchmarks/throughput.py` on a quiet machine.", ""]
+    passes = "once, before the models" if args.probe_once else "before and after the models (best of both)"
+    md += [f"Machine: {m['cpu']} ({m['cpu_count']} logical CPUs), torch {torch.__version__}; load average at start "
+           f"{m.get('load_average_1m_5m_15m')}, at end {m.get('load_average_at_end')} (timings taken under load "
+           f"are not comparable). Batch {args.batch}, {args.threads} threads unless stated; warm-up "
+           f"{args.warmup}, then the median of {args.runs} timed NetVLAD batches and of {args.student_runs} timed "
+           f"student batches per variant (the variants timed interleaved); random weights and images. GFLOPs are "
+           f"2 x multiply-adds counted by FlopCounterMode (the same count for every variant). The peak is the best "
+           f"point of an fp32 N x N matmul probe curve, each size the median of {args.matmul_runs} runs after a "
+           f"warm-up, at the models' thread count, run {passes}.", ""]
+
+    # the probe curve: one column per (threads, pass)
+    probes = cpu["peak_probe"]
+    cols = [(t, i, p["when"]) for t, pk in probes.items() for i, p in enumerate(pk["passes"])]
     rows = []
-    sections = [("cpu", f"CPU ({args.threads} threads)", result["cpu"], peak)]
+    for j, n in enumerate(args.matmul_size):
+        rows.append([n] + [f"{probes[t]['passes'][i]['curve'][j]['gflops_per_s']:.1f}" for t, i, _ in cols])
+    md += ["## Peak probe (CPU fp32 matmul, GFLOP/s)", "",
+           markdown_table(["N"] + [f"{t} thread{'s' if t != '1' else ''}, {when}" for t, _, when in cols], rows), ""]
+    for t, pk in probes.items():
+        line = (f"- Peak at {t} thread{'s' if t != '1' else ''}: **{pk['probe_gflops_per_s']:.1f} GFLOP/s** "
+                f"(N={pk['best_n']}).")
+        lo, hi = min(p["gflops_per_s"] for p in pk["passes"]), max(p["gflops_per_s"] for p in pk["passes"])
+        if hi > 1.15 * lo:
+            line += (f" The probe read {lo:.1f} in one pass and {hi:.1f} in the other: the machine's load changed "
+                     f"during the run, so its timings are not reliable.")
+        if pk["model_exceeded_probe"]:
+            line += (f" **A model ran faster than the probe** ({pk['peak_gflops_per_s']:.1f} GFLOP/s): the probe "
+                     f"is not this machine's peak (load changed, or a size is missing); fractions below are of "
+                     f"that model's figure, and 'of probe' shows the raw ratio.")
+        md.append(line)
+    md.append("")
+
+    # the variant table, NetVLAD rows first
+    rows = []
+    student_name, netvlad_name = f"student CrossViT-tiny {s}x{s}", f"NetVLAD-VGG16 {w}x{h}"
+    nv_rows = [(t, "eager (inference_mode)", r) for t, r in cpu["netvlad"].items()]
+    if cpu.get("netvlad_channels_last"):
+        nv_rows.append((str(args.threads), "channels_last", cpu["netvlad_channels_last"]))
+    for t, label, r in nv_rows:
+        pk = probes[t]
+        rows.append([netvlad_name, label, t, f"{r['seconds_per_batch_median']:.3f}", f"{r['images_per_s']:.2f}",
+                     f"{r['achieved_gflops_per_s']:.1f}", pct(r["fraction_of_matmul_peak"]),
+                     pct(r["fraction_of_probe"]), "", "", ""])
+    for name, r in cpu["student_variants"].items():
+        t = str(r["threads"])
+        if "error" in r:
+            rows.append([student_name, name, t, "failed", "", "", "", "", "", "", ""])
+            continue
+        mark = " **(fastest)**" if name == cpu["best_variant"] else ""
+        rows.append([student_name, name + mark, t, f"{r['seconds_per_batch_median']:.4f}", f"{r['images_per_s']:.2f}",
+                     f"{r['achieved_gflops_per_s']:.1f}", pct(r["fraction_of_matmul_peak"]),
+                     pct(r["fraction_of_probe"]), f"{r['speedup_vs_eager']:.2f}x", f"{r['student_vs_netvlad']:.1f}x",
+                     f"{r['compile_seconds']:.1f}" if r.get("compile_seconds") is not None else ""])
+    header = ["model", "variant", "threads", "s / batch (median)", "images/s", "achieved GFLOP/s", "of peak",
+              "of probe", "vs student eager", "student / NetVLAD (same threads)", "compile s"]
+    if not any(pk["model_exceeded_probe"] for pk in probes.values()):  # 'of probe' = 'of peak': drop it
+        header, rows = header[:7] + header[8:], [r[:7] + r[8:] for r in rows]
+    md += ["## Student inference variants vs NetVLAD (CPU, same run)", "",
+           markdown_table(header, rows), ""]
+
+    base, best = cpu["student_variants"]["eager"], cpu["student_variants"][cpu["best_variant"]]
+    nv = cpu["netvlad"][str(args.threads)]
+    ratio = flops["netvlad"] / flops["student"]
+    md.append(f"- Baseline (eager, {args.threads} threads): student / NetVLAD throughput ratio "
+              f"**{base['student_vs_netvlad']:.1f}x** vs a FLOPs ratio of {ratio:.1f}x; the student runs at "
+              f"{pct(base['fraction_of_matmul_peak'])} of the peak, NetVLAD's convolutions at "
+              f"{pct(nv['fraction_of_matmul_peak'])}.")
+    md.append(f"- Fastest student variant: **{cpu['best_variant']}** ({best['threads']} "
+              f"thread{'s' if best['threads'] != 1 else ''}), "
+              f"{best['images_per_s']:.2f} images/s = {best['speedup_vs_eager']:.2f}x the baseline, "
+              f"{pct(best['fraction_of_matmul_peak'])} of the peak; student / NetVLAD ratio "
+              f"**{best['student_vs_netvlad']:.1f}x** (NetVLAD eager at the same threads)"
+              + (f", {best['images_per_s'] / cpu['netvlad_channels_last']['images_per_s']:.1f}x against NetVLAD's "
+                 f"channels-last figure." if cpu.get("netvlad_channels_last") else "."))
+    compiled = [k for k, r in cpu["student_variants"].items() if r.get("compile_seconds") is not None]
+    if compiled:
+        md.append(f"- Compile times are cold (inductor's caches off, its in-memory kernels cleared) and not in the "
+                  f"timings; the first compiled variant's ({compiled[0]}) also includes inductor's one-time start-up.")
+    for name, r in cpu["student_variants"].items():
+        if "error" in r:
+            md.append(f"- Variant {name} failed on this machine and was skipped: `{r['error']}`")
+    if "1thread" in cpu["student_variants"] and "images_per_s" in cpu["student_variants"]["1thread"]:
+        one = cpu["student_variants"]["1thread"]
+        nv1 = cpu["netvlad"]["1"]
+        md.append(f"- Thread scaling, 1 -> {args.threads} threads: student "
+                  f"x{base['images_per_s'] / one['images_per_s']:.2f}, "
+                  f"NetVLAD x{nv['images_per_s'] / nv1['images_per_s']:.2f}, probe peak "
+                  f"x{probes[str(args.threads)]['probe_gflops_per_s'] / probes['1']['probe_gflops_per_s']:.2f}.")
+    md.append("- Variants: " + "; ".join(f"`{k}`: {v}" for k, v in result["variants"].items()) + ".")
+
     if "gpu" in result:
         g = result["gpu"]
-        sections.append(("gpu", f"GPU fp32 ({g['device']})", g["fp32"], g["matmul_peak"]))
-        if "bf16_autocast" in g:
-            sections.append(("gpu", f"GPU bf16 autocast ({g['device']})", g["bf16_autocast"], g["matmul_peak_bf16"]))
-    for _, label, sec, pk in sections:
-        for name, r in sec["models"].items():
-            model = f"student CrossViT-tiny {s}x{s}" if name == "student" else f"NetVLAD-VGG16 {w}x{h}"
-            rows.append([label, model, args.batch, f"{r['seconds_per_batch_median']:.3f}", f"{r['images_per_s']:.2f}",
-                         f"{r['gflops_per_image']:.2f}", f"{r['achieved_gflops_per_s']:.1f}",
-                         f"{pk['gflops_per_s']:.1f}", f"{100 * r['fraction_of_matmul_peak']:.1f}%"])
-    md = ["# Descriptor-extraction throughput", "",
-          f"Machine: {result['machine']['cpu']} ({result['machine']['cpu_count']} logical CPUs), torch "
-          f"{torch.__version__}; load average at start {result['machine'].get('load_average_1m_5m_15m')}. "
-          f"Warm-up {args.warmup}, median of {args.runs} timed batches; random weights and images. "
-          f"GFLOPs are 2 x multiply-adds counted by FlopCounterMode; the peak is an N x N matmul "
-          f"(CPU N={args.matmul_size}).", "",
-          markdown_table(["device", "model", "batch", "s / batch (median)", "images/s", "GFLOPs / image",
-                          "achieved GFLOP/s", "matmul peak GFLOP/s", "of peak"], rows), ""]
-    for _, label, sec, _ in sections:
-        st, nv = sec["models"]["student"], sec["models"]["netvlad"]
-        md.append(f"- {label}: student / NetVLAD throughput ratio **{sec['speedup_student_vs_netvlad']:.1f}x** "
-                  f"vs a FLOPs ratio of {flops['netvlad'] / flops['student']:.1f}x; the gap is the efficiency "
-                  f"difference: the student runs at {100 * st['fraction_of_matmul_peak']:.0f}% of the matmul peak, "
-                  f"NetVLAD's convolutions at {100 * nv['fraction_of_matmul_peak']:.0f}%.")
-    if "gpu" not in result:
+        rows = []
+        for mode in ("fp32", "bf16_autocast"):
+            if mode not in g:
+                continue
+            sec = g[mode]
+            pk = sec["matmul_peak"]
+            for name, r in sec["models"].items():
+                rows.append([mode, student_name if name == "student" else netvlad_name,
+                             f"{r['seconds_per_batch_median']:.4f}", f"{r['images_per_s']:.2f}",
+                             f"{r['achieved_gflops_per_s']:.1f}", f"{pk['probe_gflops_per_s']:.1f} (N={pk['best_n']})",
+                             pct(r["fraction_of_matmul_peak"]), pct(r["fraction_of_probe"])])
+        md += ["", f"## GPU ({g['device']})", "",
+               markdown_table(["mode", "model", "s / batch (median)", "images/s", "achieved GFLOP/s",
+                               "matmul peak GFLOP/s", "of peak", "of probe"], rows), ""]
+        for mode in ("fp32", "bf16_autocast"):
+            if mode not in g:
+                continue
+            pk = g[mode]["matmul_peak"]
+            curve = ", ".join(f"{c['n']}: {c['gflops_per_s']:.0f}" for p in pk["passes"] for c in p["curve"])
+            md.append(f"- {mode}: student / NetVLAD ratio **{g[mode]['speedup_student_vs_netvlad']:.1f}x**; probe "
+                      f"curve (N: GFLOP/s, {' then '.join(p['when'] for p in pk['passes'])}) {curve}."
+                      + (" **A model ran faster than the probe**; fractions are of that model's figure "
+                         "(cuDNN convolutions may use TF32 while the fp32 matmul probe does not)."
+                         if pk["model_exceeded_probe"] else ""))
+    else:
         md.append("- No GPU measured (CUDA not available" + (" or --no-gpu" if args.no_gpu else "") + ").")
-    return finish(args.out, md, result)
+    return md
 
 
 if __name__ == "__main__":
