@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 _STATE: Any = None
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cpu_count() -> int:
@@ -59,10 +60,21 @@ def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, in
             yield fn(state, it)
         return
     threads = max(1, cpu_count() // workers)  # the processes share the cores
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start,
-                             initargs=(threads, init, initargs)) as pool:
-        try:
-            yield from pool.map(_run, [fn] * len(items), items, chunksize=chunksize)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    # every thread pool of a worker (OpenMP, OpenBLAS, MKL) gets its share of the cores: W
+    # processes each spinning up all cores' threads run slower than one process (measured)
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: str(threads) for k in _THREAD_VARS})
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start,
+                                 initargs=(threads, init, initargs)) as pool:
+            try:
+                yield from pool.map(_run, [fn] * len(items), items, chunksize=chunksize)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -153,7 +153,7 @@ def test_rerank_is_a_flag_with_help_and_a_preset_value(tmp_path):
     text = cli.parser(localize).format_help()
     assert "--rerank " in text and "--rerank-keep" in text
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo"])
-    assert (cfg.rerank, cfg.rerank_keep) == (100, 20)
+    assert (cfg.rerank, cfg.rerank_keep) == (50, 20)
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "paper"])
     assert cfg.rerank == 0  # the paper's pipeline
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo", "--rerank", "0"])
