@@ -47,9 +47,12 @@ def setup(device: str = 'auto', threads: Optional[int] = None) -> Dist:
     if world > 1:
         tdist.init_process_group(backend='nccl' if cuda else 'gloo', device_id=dev if cuda else None)
     local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world))
-    if threads or (not cuda and local_world > 1):
+    if not cuda and local_world > 1:
         # processes on one CPU share its cores: oversubscription makes every one of them slower
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+        share = max(1, (os.cpu_count() or 1) // local_world)
+        threads = min(threads, share) if threads else share
+    if threads:
+        torch.set_num_threads(threads)
     return Dist(rank, world, local, dev)
 
 

@@ -19,11 +19,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many epochs in this invocation; --resume continues")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
-    # measured on a 2-core CPU, tiny teacher: 1 thread 16 s / 2 threads 12 s when idle, 21 s / 32 s
-    # with one core busy; the thread count also changes the float results, so it is fixed, not "all cores"
-    g.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the same numbers on every machine, and the fastest on a "
-                        "shared 2-core CPU; 2 is ~1.3x faster on an idle one)")
+    g.add_argument("--threads", type=int, default=S,
+                   help="torch CPU threads. The float results depend on it, so it is a preset value, not "
+                        "'all cores' (paper/tiny 1; demo 2: 1.6x faster on an idle 2-core CPU, slower on a busy one)")
     g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16, or fp16 with loss scaling); ignored on CPU")
