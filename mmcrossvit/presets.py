@@ -23,8 +23,10 @@ _PAPER = {
                        pairs="poses", num_pairs=20, max_pair_angle=60.0, ratio=0.8, max_epipolar_error=4.0,
                        contrast="none", min_pair_matches=15, two_view_tracks=False, min_tri_angle=1.5,
                        mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5,
-                       # processes for extraction and matching (0: one per CPU core); outputs do not depend on it
-                       workers=0, device="auto"),
+                       # processes (0: one per CPU core); outputs do not depend on them. Extraction gains
+                       # from them; matching does not (its torch threads already use every core:
+                       # benchmarks/results/workers.md, 2 and 16 cores)
+                       workers=0, match_workers=1, device="auto"),
     "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
     "teacher": dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,
                     momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, min_lr_ratio=0.0,
@@ -49,7 +51,8 @@ _PAPER = {
                      # 12 px at Aachen's 1600-px queries (hloc's), in proportion for smaller images
                      # (benchmarks/sfm_levers.py: night +2 to +4 of 50 queries on the demo, day unchanged)
                      ransac_max_error=12.0, ransac_ref_size=1600, min_inliers=12,
-                     workers=0, device="auto"),
+                     # one process: more were measured slower on 2 and on 16 cores (benchmarks/results/workers.md)
+                     workers=1, device="auto"),
     "evaluate": dict(),
 }
 
@@ -95,12 +98,10 @@ PRESETS: dict[str, dict] = {
                      jitter=0.2, val_every=4, sigma="auto", regression=1.0, crop_scale=0.6, portrait_prob=0.25,
                      roll=5.0, threads=2),
         pairs=dict(num_retrieved=20),
-        # benchmarks/rerank.py: verifying the top 50 and keeping 20 lifts day (0.25 m, 2°) 44 -> 58% and
-        # night 10 -> 22% for 0.25 s more per query (the top 100: 74% / 36%, about 20 s more, which
-        # would take the demo past 15 minutes); the paper preset keeps the paper's top-K.
-        # One process: two workers' start-up (~6 s) outweighs their gain on 100 queries and 2 cores
-        # (benchmarks/results/workers.md)
-        localize=dict(oracle_num_retrieved=20, rerank=50, rerank_keep=20, workers=1),
+        # benchmarks/rerank.py: verifying the student's top 100 and keeping the best 20 lifts (0.25 m, 2°)
+        # from day 44% / night 10% (top 20) to 74% / 36% (top 50: 58% / 22%), at 0.65 s per query
+        # instead of 0.17 s; the paper preset keeps the paper's top-K
+        localize=dict(oracle_num_retrieved=20, rerank=100, rerank_keep=20),
     ),
     "tiny": _derive(
         _PAPER,

@@ -69,7 +69,7 @@ def runs(tiny_dataset, tmp_path_factory):
     for w in (1, 2):
         root = tmp_path_factory.mktemp(f"workers{w}")
         run = RunLayout.create(tiny_dataset, "tiny", root / "outputs", root / "DataBase")
-        execute(preprocess, run, cli.settings(preprocess, "tiny", workers=w))
+        execute(preprocess, run, cli.settings(preprocess, "tiny", workers=w, match_workers=w))
         execute(localize, run, cli.settings(localize, "tiny", workers=w, retrieval="oracle"))
         out[w] = run
     return out

@@ -67,8 +67,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--z-thresh", type=float, default=S, help="z-score outlier threshold for the 3D boxes")
     g.add_argument("--folds", type=int, default=S, help="k-fold split of anchors for validation")
     g = p.add_argument_group("resources (the outputs do not depend on them)")
-    g.add_argument("--workers", type=int, default=S,
-                   help="processes for SIFT extraction and matching (0: one per CPU core)")
+    g.add_argument("--workers", type=int, default=S, help="processes for SIFT extraction (0: one per CPU core)")
+    g.add_argument("--match-workers", type=int, default=S,
+                   help="processes for database-pair matching (0: one per CPU core; 1: this process alone, whose "
+                        "torch threads already use every core: extra processes measured no faster on 2 cores "
+                        "and slower on 16, benchmarks/results/workers.md)")
     g.add_argument("--device", choices=CHOICES, default=S, help=HELP)
     p.add_argument("--overwrite", action="store_true", help="recompute every part even if its outputs exist")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
@@ -126,7 +129,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                 log.info("intrinsics from %s are used only as initial guesses by incremental mapping", intr)
             sfm.import_features(db_path, image_ids, run.features)
             write_pairs(run.pairs_db, pairs)
-            sfm.match_and_verify(db_path, image_ids, pairs, run.features, ratio=cfg.ratio, workers=cfg.workers,
+            sfm.match_and_verify(db_path, image_ids, pairs, run.features, ratio=cfg.ratio, workers=cfg.match_workers,
                                  device=cfg.device)
             pycolmap.verify_matches(db_path, run.pairs_db)
             rec = sfm.incremental(db_path, ds.images_dir, run.sfm)
@@ -148,7 +151,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             image_ids = sfm.create_database(ref, db_path)
             sfm.import_features(db_path, image_ids, run.features)
             match_stats = sfm.match_and_verify(db_path, image_ids, pairs, run.features, cams, poses, cfg.ratio,
-                                               cfg.max_epipolar_error, workers=cfg.workers, device=cfg.device)
+                                               cfg.max_epipolar_error, workers=cfg.match_workers, device=cfg.device)
             rec = sfm.triangulate(ref, db_path, ds.images_dir, run.sfm, cfg.min_pair_matches, cfg.two_view_tracks,
                                   cfg.min_tri_angle)
         shutil.copy2(db_path, run.sfm_database)
