@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mmcrossvit import cli
+from mmcrossvit import cli, presets
 from mmcrossvit.colmap_io import write_pairs
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import gt_covisibility
@@ -153,8 +153,9 @@ def test_rerank_is_a_flag_with_help_and_a_preset_value(tmp_path):
     text = cli.parser(localize).format_help()
     assert "--rerank " in text and "--rerank-keep" in text
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo"])
-    assert (cfg.rerank, cfg.rerank_keep) == (50, 20)
+    demo = presets.PRESETS["demo"]["localize"]
+    assert (cfg.rerank, cfg.rerank_keep) == (demo["rerank"], demo["rerank_keep"]) and cfg.rerank > cfg.rerank_keep
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "paper"])
     assert cfg.rerank == 0  # the paper's pipeline
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo", "--rerank", "0"])
-    assert (cfg.rerank, cfg.rerank_keep) == (0, 20)
+    assert (cfg.rerank, cfg.rerank_keep) == (0, demo["rerank_keep"])

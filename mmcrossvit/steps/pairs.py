@@ -15,9 +15,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..colmap_io import write_pairs
+from ..device import CHOICES, HELP, pick
 from ..errors import DataError
 from ..features import failed_images
 from ..layout import Dataset
@@ -48,8 +48,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="hnsw: candidates kept per query, at least K (more: higher recall, slower)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="student checkpoint (default outputs/<name>/student/best.pt)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available)")
+    p.add_argument("--device", choices=CHOICES, default="auto", help=HELP + "; the student embeds there")
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
@@ -57,7 +56,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ckpt = cfg.checkpoint or run.student_checkpoint
     if not Path(ckpt).exists():
         raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
-    model = load_model(ckpt, cfg.device, arch="student")  # queries have no 3D tokens
+    device = pick(cfg.device)
+    model = load_model(ckpt, device, arch="student")  # queries have no 3D tokens
     size = model.config["img_size"]
     if not ds.queries:
         raise DataError(ds.root / "queries", "no queries listed")
@@ -76,7 +76,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             raise DataError(None, str(e)) from e
     image_paths = {n: ds.image_path(n) for n in db_names + q_names}
     desc = compute_descriptors(model, image_paths, size, run.descriptors, file_fingerprint(ckpt),
-                               cfg.batch_size, cfg.device)
+                               cfg.batch_size, device)
     D, Q = stack(desc, db_names), stack(desc, q_names)
     # rank deeper than K for the retrieval tables; the pairs file keeps the top K
     built = None if index == "exact" else build_index(D, index, seed=cfg.seed)  # one index, both searches
