@@ -50,7 +50,15 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Student retrieval: the split of the training budget", "student_retrieval_budget.md",
              "see the file"),
             ("Re-ranking by local verification", "rerank.md",
-             "python benchmarks/rerank.py --dataset datasets/demo --preset demo")]
+             "python benchmarks/rerank.py --dataset datasets/demo --preset demo"),
+            ("Worker processes (this 2-core CPU)", "workers.md",
+             "python benchmarks/workers.py --dataset datasets/demo --preset demo"),
+            ("Worker processes (16 cores, the GPU host)", "workers_16cores.md",
+             "python benchmarks/workers.py --dataset datasets/demo --preset demo --workers 1 2 4 8 16"),
+            ("Retrieval at city scale: exact against faiss indexes", "retrieval_index.md",
+             "python benchmarks/retrieval_index.py"),
+            ("CUDA paths against the CPU (H100)", "gpu_paths_demo.md",
+             "python benchmarks/gpu_paths.py --dataset datasets/demo --preset demo")]
 
 
 def save(fig, path: Path) -> None:

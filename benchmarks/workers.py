@@ -13,8 +13,8 @@ Each part runs once per worker count on the run's own data, into a scratch folde
                   --retrieval oracle --tag workers<W>)
 
 Identity is checked on the outputs themselves: the features' arrays, the database's match
-tables, and the results file's bytes. Timings are wall seconds of each part after its worker
-processes have started (the start-up, a few seconds, is reported apart). Writes
+tables, and the results file's bytes. Timings are wall seconds of each part, the start-up of its
+worker processes included; what starting an empty pool costs is reported apart. Writes
 <results>/workers.{md,json}.
 """
 from __future__ import annotations
@@ -32,24 +32,9 @@ from mmcrossvit import cli, sfm  # noqa: E402
 from mmcrossvit.colmap_io import read_pairs  # noqa: E402
 from mmcrossvit.features import SiftConfig, extract_features  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.parallel import ordered_map  # noqa: E402
+from mmcrossvit.parallel import startup_seconds  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.steps import execute, localize, preprocess  # noqa: E402
-
-
-def _noop_init():
-    return None
-
-
-def _noop(state, x):
-    return x
-
-
-def startup_seconds(workers: int) -> float:
-    """What spawning the worker processes costs (torch and pycolmap imports included)."""
-    t = time.perf_counter()
-    list(ordered_map(_noop, range(workers), workers, _noop_init))
-    return time.perf_counter() - t
 
 
 def h5_arrays(path: Path) -> dict:
@@ -124,8 +109,8 @@ def main(argv=None):
           f"Machine: {machine_info()['cpu']} ({machine_info()['cpu_count']} logical CPUs). Extraction: "
           f"{len(names)} images; matching: {len(pairs)} database pairs with epipolar verification; "
           f"localization: {len(ds.queries)} queries, oracle retrieval (top {loc.oracle_num_retrieved}). "
-          "Seconds of each part; speed-up against the first row; identical: features, matches and "
-          "results file equal to the first row's, byte for byte.", "",
+          "Seconds of each part, its processes' start-up included; speed-up against the first row; "
+          "identical: features, matches and results file equal to the first row's, byte for byte.", "",
           markdown_table(["workers", "extraction s", "x", "matching s", "x", "localization s", "x",
                           "process start-up s", "identical"],
                          [[r["workers"], r["extraction_s"], f"{base['extraction_s'] / r['extraction_s']:.2f}",

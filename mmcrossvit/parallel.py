@@ -102,3 +102,19 @@ def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, in
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _noop_init():
+    return None
+
+
+def _noop(state, item):
+    return item
+
+
+def startup_seconds(workers: int) -> float:
+    """What starting `workers` processes costs (imports included), for benchmarks."""
+    import time
+    t = time.perf_counter()
+    list(ordered_map(_noop, range(workers), workers, _noop_init))
+    return time.perf_counter() - t
