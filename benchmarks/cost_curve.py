@@ -56,16 +56,15 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 from report import ROOT, parser
 
-from cost_curve_report import AACHEN, MB, SAMPLE_S, SCRIPTS, STEPS, TRAINERS, report
+from cost_curve_fit import AACHEN, SCRIPTS, STEPS, TRAINERS
+from cost_curve_report import report
+from measure_process import MB, run_measured, terminate
 
 def parse_args(argv=None):
     p = parser(__doc__, "cost_curve", threads=False)
@@ -147,92 +146,6 @@ def size_config(n: int, args, scene: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# measuring one subprocess
-
-def _tree_memory(pid: int) -> tuple[float, float, int]:
-    """(summed RSS, summed PSS, processes) of a process and its descendants, in bytes."""
-    import psutil
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0.0, 0.0, 0
-    rss = pss = 0.0
-    for p in procs:
-        try:
-            with open(f"/proc/{p.pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-        except OSError:
-            try:
-                r = p.memory_info().rss
-                rss, pss = rss + r, pss + r
-            except psutil.Error:
-                pass
-    return rss, pss, len(procs)
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """Stop a step started by run_measured and every process of its group (its workers)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` (stdout + stderr to `log`): wall time, ru_maxrss of the process (os.wait4: its own
-    and its reaped descendants' largest), and the sampled peak of the whole tree's RSS and PSS."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-    peak = {"rss": 0.0, "pss": 0.0, "procs": 0}
-    stop = threading.Event()
-    with open(log, "w") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.flush()
-        t0 = time.perf_counter()
-        # its own process group: an interrupted benchmark ends the step and its worker processes
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-        def sample():
-            while not stop.is_set():
-                rss, pss, k = _tree_memory(proc.pid)
-                peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-                peak["procs"] = max(peak["procs"], k)
-                stop.wait(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            _end_group(proc)
-            raise
-        finally:
-            stop.set()
-        wall = time.perf_counter() - t0
-        sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    maxrss = usage.ru_maxrss / 1024  # KiB on Linux
-    return {"seconds": round(wall, 3), "rc": proc.returncode, "maxrss_mb": round(maxrss, 1),
-            "tree_rss_peak_mb": round(peak["rss"] / MB, 1), "tree_pss_peak_mb": round(peak["pss"] / MB, 1),
-            "peak_mb": round(max(maxrss, peak["pss"] / MB), 1), "processes": peak["procs"],
-            "user_cpu_s": round(usage.ru_utime, 2), "system_cpu_s": round(usage.ru_stime, 2)}
-
-
 # ---------------------------------------------------------------------------------------------
 # the folders of one size
 
@@ -508,9 +421,9 @@ def command_line(args) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)  # kill <pid> ends the running step too
+    signal.signal(signal.SIGTERM, terminate)  # kill <pid> ends the running step too
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
-        signal.signal(signal.SIGINT, _terminate)
+        signal.signal(signal.SIGINT, terminate)
     args.work = Path(args.work).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = load_state(args.work)
