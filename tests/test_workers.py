@@ -33,6 +33,42 @@ def test_ordered_map_keeps_the_input_order_in_every_mode():
         resolve_workers(-1)
 
 
+SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+with open({marker!r}, "a") as f:  # one line per import of this script
+    f.write(str(os.getpid()) + "\\n")
+from mmcrossvit.parallel import ordered_map
+
+def local(state, x):
+    return state + x
+
+if __name__ == "__main__":
+    mine = list(ordered_map(local, range(5), 2, int, (10,)))        # a callable of this script
+    lib = list(ordered_map({lib}, range(4), 2, {init}, ()))            # the library's own
+    print(mine, len(lib))
+"""
+
+
+def test_workers_import_the_calling_script_only_when_they_need_it(tmp_path):
+    """Workers given only library functions do not re-import the script that started them (its
+    top-level code runs once); workers given one of the script's functions still get it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "caller.py"
+    script.write_text(SCRIPT.format(repo=str(Path(__file__).resolve().parents[1]), marker=str(marker),
+                                    lib="_noop", init="_noop_init").replace(
+        "from mmcrossvit.parallel import ordered_map", "from mmcrossvit.parallel import ordered_map, _noop, _noop_init"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[10,", "11,", "12,", "13,", "14]", "4"]
+    pids = marker.read_text().split()
+    # the parent, then the two workers of the first pool (they need `local`); none from the second
+    assert len(pids) == 3, pids
+
+
 def test_matching_does_not_depend_on_the_thread_count():
     import torch
     rng = np.random.default_rng(0)
