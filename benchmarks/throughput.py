@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 import statistics
 import time
 
 import torch
 from baselines import build_netvlad, count_flops, explicit_attention
-from report import finish, machine_info, markdown_table, parser
+from peak_probe import apply_peak, combine_passes, matmul_probe, median_seconds
+from report import finish, machine_info, parser
+from throughput_report import page
 
 from models.crossvit import build_student
 
@@ -101,65 +102,6 @@ def parse_args(argv=None):
     if args.threads == 1 and "1thread" in args.variants:  # the baseline already runs on one thread
         args.variants.remove("1thread")
     return args
-
-
-def median_seconds(fn, warmup: int, runs: int, sync=lambda: None) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
-
-
-def matmul_gflops(n: int, runs: int, device: str, dtype=torch.float32, sync=lambda: None,
-                  min_seconds: float = 0.05) -> dict:
-    """One point of the probe curve: the median of `runs` timed N x N matmuls after a warm-up; small
-    sizes are repeated within a timed run so that each run lasts at least `min_seconds`."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
-    mm = lambda: torch.mm(a, b, out=c)  # noqa: E731
-    _, (once,) = median_seconds(mm, 1, 1, sync)
-    reps = max(1, math.ceil(min_seconds / max(once, 1e-9)))
-    t, times = median_seconds(lambda: [mm() for _ in range(reps)], 1, runs, sync)
-    return {"n": n, "repeats_per_run": reps, "seconds_median": t / reps, "seconds": [s / reps for s in times],
-            "gflops_per_s": 2 * n ** 3 / (t / reps) / 1e9}
-
-
-def matmul_probe(sizes: list[int], runs: int, device: str, dtype=torch.float32, sync=lambda: None,
-                 label: str = "") -> dict:
-    """The probe curve over `sizes` and its best point, at the current thread count."""
-    curve = []
-    for n in sizes:
-        curve.append(matmul_gflops(n, runs, device, dtype, sync))
-        print(f"  {label}{device} {str(dtype).replace('torch.', '')} matmul {n}^3: "
-              f"{curve[-1]['gflops_per_s']:.1f} GFLOP/s", flush=True)
-    best = max(curve, key=lambda r: r["gflops_per_s"])
-    return {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads() if device == "cpu" else None,
-            "curve": curve, "best_n": best["n"], "gflops_per_s": best["gflops_per_s"]}
-
-
-def combine_passes(passes: list[dict]) -> dict:
-    """The peak over probe passes (before / after the models): the best point of any pass."""
-    best = max(passes, key=lambda p: p["gflops_per_s"])
-    return {"gflops_per_s": best["gflops_per_s"], "best_n": best["best_n"], "dtype": best["dtype"],
-            "passes": passes}
-
-
-def apply_peak(records: list[dict], probe_gflops: float) -> dict:
-    """Fractions of the peak for `records` (each with achieved_gflops_per_s). The peak is the probe;
-    if a model beats it, the peak becomes that model's figure and the result says so."""
-    best = max((r["achieved_gflops_per_s"] for r in records), default=0.0)
-    peak = max(probe_gflops, best)
-    for r in records:
-        r["fraction_of_matmul_peak"] = r["achieved_gflops_per_s"] / peak
-        r["fraction_of_probe"] = r["achieved_gflops_per_s"] / probe_gflops
-    return {"probe_gflops_per_s": probe_gflops, "peak_gflops_per_s": peak, "model_exceeded_probe": best > probe_gflops}
 
 
 def record(t: float, times: list[float], batch: int, flops: int) -> dict:
@@ -319,10 +261,6 @@ def gpu_run(nets: dict, inputs: dict, flops: dict, args) -> dict:
     return gpu
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -349,135 +287,6 @@ def main(argv=None) -> dict:
     if hasattr(os, "getloadavg"):
         result["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return finish(args.out, page(result, args), result)
-
-
-def page(result: dict, args) -> list[str]:
-    cpu, flops, s, (h, w) = result["cpu"], result["flops_per_image"], args.student_size, args.netvlad_hw
-    m = result["machine"]
-    md = ["# Descriptor-extraction throughput", ""]
-    if args.quick:
-        md += ["**Quick smoke run (`--quick`)**: probe sizes " + ", ".join(map(str, args.matmul_size)) +
-               f" once, NetVLAD {args.runs} timed batch, student {args.student_runs} per variant. Not the "
-               "figures to report: re-run `python benchmarks/throughput.py` on a quiet machine.", ""]
-    passes = "once, before the models" if args.probe_once else "before and after the models (best of both)"
-    md += [f"Machine: {m['cpu']} ({m['cpu_count']} logical CPUs), torch {torch.__version__}; load average at start "
-           f"{m.get('load_average_1m_5m_15m')}, at end {m.get('load_average_at_end')} (timings taken under load "
-           f"are not comparable). Batch {args.batch}, {args.threads} threads unless stated; warm-up "
-           f"{args.warmup}, then the median of {args.runs} timed NetVLAD batches and of {args.student_runs} timed "
-           f"student batches per variant (the variants timed interleaved); random weights and images. GFLOPs are "
-           f"2 x multiply-adds counted by FlopCounterMode (the same count for every variant). The peak is the best "
-           f"point of an fp32 N x N matmul probe curve, each size the median of {args.matmul_runs} runs after a "
-           f"warm-up, at the models' thread count, run {passes}.", ""]
-
-    # the probe curve: one column per (threads, pass)
-    probes = cpu["peak_probe"]
-    cols = [(t, i, p["when"]) for t, pk in probes.items() for i, p in enumerate(pk["passes"])]
-    rows = []
-    for j, n in enumerate(args.matmul_size):
-        rows.append([n] + [f"{probes[t]['passes'][i]['curve'][j]['gflops_per_s']:.1f}" for t, i, _ in cols])
-    md += ["## Peak probe (CPU fp32 matmul, GFLOP/s)", "",
-           markdown_table(["N"] + [f"{t} thread{'s' if t != '1' else ''}, {when}" for t, _, when in cols], rows), ""]
-    for t, pk in probes.items():
-        line = (f"- Peak at {t} thread{'s' if t != '1' else ''}: **{pk['probe_gflops_per_s']:.1f} GFLOP/s** "
-                f"(N={pk['best_n']}).")
-        lo, hi = min(p["gflops_per_s"] for p in pk["passes"]), max(p["gflops_per_s"] for p in pk["passes"])
-        if hi > 1.15 * lo:
-            line += (f" The probe read {lo:.1f} in one pass and {hi:.1f} in the other: the machine's load changed "
-                     f"during the run, so its timings are not reliable.")
-        if pk["model_exceeded_probe"]:
-            line += (f" **A model ran faster than the probe** ({pk['peak_gflops_per_s']:.1f} GFLOP/s): the probe "
-                     f"is not this machine's peak (load changed, or a size is missing); fractions below are of "
-                     f"that model's figure, and 'of probe' shows the raw ratio.")
-        md.append(line)
-    md.append("")
-
-    # the variant table, NetVLAD rows first
-    rows = []
-    student_name, netvlad_name = f"student CrossViT-tiny {s}x{s}", f"NetVLAD-VGG16 {w}x{h}"
-    nv_rows = [(t, "eager (inference_mode)", r) for t, r in cpu["netvlad"].items()]
-    if cpu.get("netvlad_channels_last"):
-        nv_rows.append((str(args.threads), "channels_last", cpu["netvlad_channels_last"]))
-    for t, label, r in nv_rows:
-        pk = probes[t]
-        rows.append([netvlad_name, label, t, f"{r['seconds_per_batch_median']:.3f}", f"{r['images_per_s']:.2f}",
-                     f"{r['achieved_gflops_per_s']:.1f}", pct(r["fraction_of_matmul_peak"]),
-                     pct(r["fraction_of_probe"]), "", "", ""])
-    for name, r in cpu["student_variants"].items():
-        t = str(r["threads"])
-        if "error" in r:
-            rows.append([student_name, name, t, "failed", "", "", "", "", "", "", ""])
-            continue
-        mark = " **(fastest)**" if name == cpu["best_variant"] else ""
-        rows.append([student_name, name + mark, t, f"{r['seconds_per_batch_median']:.4f}", f"{r['images_per_s']:.2f}",
-                     f"{r['achieved_gflops_per_s']:.1f}", pct(r["fraction_of_matmul_peak"]),
-                     pct(r["fraction_of_probe"]), f"{r['speedup_vs_eager']:.2f}x", f"{r['student_vs_netvlad']:.1f}x",
-                     f"{r['compile_seconds']:.1f}" if r.get("compile_seconds") is not None else ""])
-    header = ["model", "variant", "threads", "s / batch (median)", "images/s", "achieved GFLOP/s", "of peak",
-              "of probe", "vs student eager", "student / NetVLAD (same threads)", "compile s"]
-    if not any(pk["model_exceeded_probe"] for pk in probes.values()):  # 'of probe' = 'of peak': drop it
-        header, rows = header[:7] + header[8:], [r[:7] + r[8:] for r in rows]
-    md += ["## Student inference variants vs NetVLAD (CPU, same run)", "",
-           markdown_table(header, rows), ""]
-
-    base, best = cpu["student_variants"]["eager"], cpu["student_variants"][cpu["best_variant"]]
-    nv = cpu["netvlad"][str(args.threads)]
-    ratio = flops["netvlad"] / flops["student"]
-    md.append(f"- Baseline (eager, {args.threads} threads): student / NetVLAD throughput ratio "
-              f"**{base['student_vs_netvlad']:.1f}x** vs a FLOPs ratio of {ratio:.1f}x; the student runs at "
-              f"{pct(base['fraction_of_matmul_peak'])} of the peak, NetVLAD's convolutions at "
-              f"{pct(nv['fraction_of_matmul_peak'])}.")
-    md.append(f"- Fastest student variant: **{cpu['best_variant']}** ({best['threads']} "
-              f"thread{'s' if best['threads'] != 1 else ''}), "
-              f"{best['images_per_s']:.2f} images/s = {best['speedup_vs_eager']:.2f}x the baseline, "
-              f"{pct(best['fraction_of_matmul_peak'])} of the peak; student / NetVLAD ratio "
-              f"**{best['student_vs_netvlad']:.1f}x** (NetVLAD eager at the same threads)"
-              + (f", {best['images_per_s'] / cpu['netvlad_channels_last']['images_per_s']:.1f}x against NetVLAD's "
-                 f"channels-last figure." if cpu.get("netvlad_channels_last") else "."))
-    compiled = [k for k, r in cpu["student_variants"].items() if r.get("compile_seconds") is not None]
-    if compiled:
-        md.append(f"- Compile times are cold (inductor's caches off, its in-memory kernels cleared) and not in the "
-                  f"timings; the first compiled variant's ({compiled[0]}) also includes inductor's one-time start-up.")
-    for name, r in cpu["student_variants"].items():
-        if "error" in r:
-            md.append(f"- Variant {name} failed on this machine and was skipped: `{r['error']}`")
-    if "1thread" in cpu["student_variants"] and "images_per_s" in cpu["student_variants"]["1thread"]:
-        one = cpu["student_variants"]["1thread"]
-        nv1 = cpu["netvlad"]["1"]
-        md.append(f"- Thread scaling, 1 -> {args.threads} threads: student "
-                  f"x{base['images_per_s'] / one['images_per_s']:.2f}, "
-                  f"NetVLAD x{nv['images_per_s'] / nv1['images_per_s']:.2f}, probe peak "
-                  f"x{probes[str(args.threads)]['probe_gflops_per_s'] / probes['1']['probe_gflops_per_s']:.2f}.")
-    md.append("- Variants: " + "; ".join(f"`{k}`: {v}" for k, v in result["variants"].items()) + ".")
-
-    if "gpu" in result:
-        g = result["gpu"]
-        rows = []
-        for mode in ("fp32", "bf16_autocast"):
-            if mode not in g:
-                continue
-            sec = g[mode]
-            pk = sec["matmul_peak"]
-            for name, r in sec["models"].items():
-                rows.append([mode, student_name if name == "student" else netvlad_name,
-                             f"{r['seconds_per_batch_median']:.4f}", f"{r['images_per_s']:.2f}",
-                             f"{r['achieved_gflops_per_s']:.1f}", f"{pk['probe_gflops_per_s']:.1f} (N={pk['best_n']})",
-                             pct(r["fraction_of_matmul_peak"]), pct(r["fraction_of_probe"])])
-        md += ["", f"## GPU ({g['device']})", "",
-               markdown_table(["mode", "model", "s / batch (median)", "images/s", "achieved GFLOP/s",
-                               "matmul peak GFLOP/s", "of peak", "of probe"], rows), ""]
-        for mode in ("fp32", "bf16_autocast"):
-            if mode not in g:
-                continue
-            pk = g[mode]["matmul_peak"]
-            curve = ", ".join(f"{c['n']}: {c['gflops_per_s']:.0f}" for p in pk["passes"] for c in p["curve"])
-            md.append(f"- {mode}: student / NetVLAD ratio **{g[mode]['speedup_student_vs_netvlad']:.1f}x**; probe "
-                      f"curve (N: GFLOP/s, {' then '.join(p['when'] for p in pk['passes'])}) {curve}."
-                      + (" **A model ran faster than the probe**; fractions are of that model's figure "
-                         "(cuDNN convolutions may use TF32 while the fp32 matmul probe does not)."
-                         if pk["model_exceeded_probe"] else ""))
-    else:
-        md.append("- No GPU measured (CUDA not available" + (" or --no-gpu" if args.no_gpu else "") + ").")
-    return md
 
 
 if __name__ == "__main__":
