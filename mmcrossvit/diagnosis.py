@@ -90,7 +90,8 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     s = {k: settings[k] for k in SETTINGS}
     r = localize_query(name, camera, retrieved, model, features, s["ratio"],
                        ransac_threshold(camera, s["ransac_max_error"], s["ransac_ref_size"]),
-                       s["covisibility"], s["min_inliers"], s["seed"])
+                       s["covisibility"], s["min_inliers"], s["seed"],
+                       min_coverage=settings.get("min_coverage", 0.0))  # recorded only when the rule is on
     # every retrieved image's correspondences at once: without clustering these are the ones the
     # hypothesis was fitted to (no second matching pass); clusters partition the retrieved list,
     # so with them, matching all at once gives what RANSAC saw, summed over clusters

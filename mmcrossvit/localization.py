@@ -186,10 +186,20 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
     return Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)), np.asarray(ret["inlier_mask"], bool)
 
 
+def inlier_coverage(points2d: np.ndarray, camera: CameraSpec) -> float:
+    """The fraction of the image that the convex hull of the inlier keypoints covers: inliers
+    bunched in a small patch (one repeated motif) constrain the pose poorly."""
+    import cv2
+    if len(points2d) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.asarray(points2d, np.float32))
+    return float(cv2.contourArea(hull)) / (camera.width * camera.height)
+
+
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
-                   device: str = "cpu") -> QueryResult:
+                   device: str = "cpu", min_coverage: float = 0.0) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -242,7 +252,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     secs = {"features": round(t1 - t0, 4), "matching": round(t_match, 4), "pnp": round(t_pnp, 4)}
     hyp = () if best is None else (best[1].tolist(), best[2], best[3], best[4])
     extra = dict(candidates=candidates, verification=scores)
-    if best is not None and best[1].sum() >= min_inliers:
+    if best is not None and best[1].sum() >= min_inliers and (
+            min_coverage <= 0 or inlier_coverage(best[2][best[1]], camera) >= min_coverage):
         return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
     fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
     return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,

@@ -74,6 +74,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="longer image side at which --ransac-max-error holds; the threshold scales with each "
                         "query's size (None: a fixed threshold)")
     g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
+    g.add_argument("--min-inlier-coverage", dest="min_coverage", type=float, default=S,
+                   help="a pose whose inliers' convex hull covers less than this fraction of the image counts as "
+                        "a failure (0: off; benchmarks/results/inlier_coverage.md)")
     g = p.add_argument_group("resources (the results do not depend on them)")
     g.add_argument("--workers", type=int, default=S, help="processes localizing queries (0: one per CPU core)")
     g.add_argument("--device", choices=CHOICES, default=S, help=HELP + "; used for descriptor matching")
@@ -165,10 +168,10 @@ def _localize_init(model: SfMModel, features: Path, opts: tuple):
 
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
-    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device) = state
+    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage) = state
     q, camera, cands, threshold = job
     r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
-                       rerank_keep, device=device)
+                       rerank_keep, device=device, min_coverage=min_coverage)
     return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
 
 
@@ -215,6 +218,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     rerank, rerank_keep = rerank_of(cfg)
     if rerank:  # only when on: rows localized without re-ranking keep their keys (rerank_keep is then unused)
         settings.update(rerank=rerank, rerank_keep=rerank_keep)
+    if cfg.min_coverage:  # likewise: rows localized without the coverage rule keep their keys
+        settings.update(min_coverage=cfg.min_coverage)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
     keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
@@ -234,7 +239,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         todo = [q for q in sorted(queries) if q not in done]
         jobs = [(q, queries[q].camera, cands[q],
                  ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
-        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device)
+        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage)
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],

@@ -1,0 +1,106 @@
+"""The inlier-coverage rule (localize.py --min-inlier-coverage) measured on a run's own logs.
+
+    python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo [--thresholds 0 0.02 0.05 0.1]
+
+For every query a localization log (student retrieval and, if present, the oracle's) counted as
+localized, the query is localized again from the same retrieved images (the same hypothesis, as
+localize.py finds it) and the fraction of the image covered by the convex hull of its inliers is
+computed. A threshold t turns every localized query with coverage < t into a failure, which gets
+the top retrieved image's pose as any failure does. Per threshold: queries localized, wrong poses
+accepted (beyond 5 m / 10°), correct poses lost (within them) and the recall at the three
+thresholds, computed with the project's evaluator. Writes <results>/inlier_coverage.{md,json}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+
+from mmcrossvit import cli  # noqa: E402
+from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
+from mmcrossvit.geometry import Pose  # noqa: E402
+from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.localization import SfMModel, inlier_coverage, localize_query, ransac_threshold  # noqa: E402
+from mmcrossvit.paths import RunLayout  # noqa: E402
+from mmcrossvit.steps import localize  # noqa: E402
+
+
+def coverages(run: RunLayout, ds: Dataset, model: SfMModel, cfg, log: Path) -> list[dict]:
+    """Each log row with its pose, and for localized ones the inliers' coverage and true error."""
+    rows = []
+    for line in open(log):
+        r = json.loads(line)
+        q = ds.queries[r["query"]]
+        row = {"query": r["query"], "condition": q.condition, "success": r["success"],
+               "pose": Pose.from_qt(r["qvec"], r["tvec"]), "retrieved": r["retrieved"]}
+        if r["success"]:
+            thr = ransac_threshold(q.camera, cfg.ransac_max_error, cfg.ransac_ref_size)
+            res = localize_query(r["query"], q.camera, r["retrieved"], model, run.features, cfg.ratio, thr,
+                                 cfg.covisibility, cfg.min_inliers, cfg.seed)
+            if res.num_inliers != r["inliers"]:
+                raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
+                                 f"logged {r['inliers']}); run localize.py again")
+            mask = [bool(x) for x in res.inliers]
+            row["coverage"] = inlier_coverage(res.points2d[mask], q.camera)
+            dt, dr = pose_error(row["pose"], ds.gt_poses[r["query"]])
+            m, deg = THRESHOLDS[-1]
+            row["wrong"] = bool(dt > m or dr > deg)
+        rows.append(row)
+    return rows
+
+
+def at_threshold(rows: list[dict], t: float, model: SfMModel, ds: Dataset) -> dict:
+    est, kept, wrong, lost = {}, 0, 0, 0
+    for r in rows:
+        ok = r["success"] and r["coverage"] >= t
+        if ok:
+            kept += 1
+            wrong += r["wrong"]
+        elif r["success"]:  # rejected now: the failure pose, the top retrieved image's
+            lost += not r["wrong"]
+        top = r["retrieved"][0] if r["retrieved"] else None
+        est[r["query"]] = r["pose"] if ok or not r["success"] else model.poses[top]
+    conds = {q: ds.queries[q].condition for q in est}
+    table = localization_table(est, ds.gt_poses, conds)
+    return {"threshold": t, "localized": kept, "wrong_accepted": wrong, "correct_lost": lost, "table": table}
+
+
+def main(argv=None):
+    p = run_parser(__doc__)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
+    args = p.parse_args(argv)
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    ds = Dataset(run.dataset)
+    cfg = cli.settings(localize, args.preset)
+    model = SfMModel.load(run.sfm)
+    result = {"machine": machine_info(), "runs": {}}
+    md = [f"# Inlier coverage on `{run.name}` ({args.preset} preset)", "",
+          f"`python benchmarks/inlier_coverage.py --dataset {args.dataset} --preset {args.preset} --thresholds "
+          f"{' '.join(map(str, args.thresholds))}`", "",
+          "Coverage: the fraction of the query image inside the convex hull of the PnP inliers. A localized query "
+          "below the threshold becomes a failure (the top retrieved image's pose). Wrong accepted: localized but "
+          "beyond (5 m, 10°); correct lost: within it but rejected. Recall: day / night % at (0.25 m, 2°) / "
+          "(0.5 m, 5°) / (5 m, 10°).", ""]
+    for label, log in (("student", run.localization_log("")), ("oracle", run.localization_log("oracle"))):
+        if not log.exists():
+            continue
+        rows = coverages(run, ds, model, cfg, log)
+        res = [at_threshold(rows, t, model, ds) for t in args.thresholds]
+        wrong = sorted(round(r["coverage"], 3) for r in rows if r["success"] and r["wrong"])
+        right = sorted(round(r["coverage"], 3) for r in rows if r["success"] and not r["wrong"])
+        result["runs"][label] = {"log": str(log), "thresholds": res, "wrong_coverages": wrong,
+                                 "correct_coverages": right}
+
+        def pcts(t, c):
+            return " / ".join(f"{v:.0f}" for v in t[c]["recall"]) if c in t else "-"
+        md += [f"## {label} retrieval ({log})", "",
+               f"Coverage of the wrong poses accepted: {wrong}; lowest of the correct ones: {right[:6]}.", "",
+               markdown_table(["min coverage", "localized", "wrong accepted", "correct lost", "day %", "night %"],
+                              [[r["threshold"], r["localized"], r["wrong_accepted"], r["correct_lost"],
+                                pcts(r["table"], "day"), pcts(r["table"], "night")] for r in res]), ""]
+    finish(str(Path(args.results) / "inlier_coverage"), md, result)
+
+
+if __name__ == "__main__":
+    main()
