@@ -51,6 +51,8 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
              "see the file"),
             ("Re-ranking by local verification", "rerank.md",
              "python benchmarks/rerank.py --dataset datasets/demo --preset demo"),
+            ("Rejecting poses by inlier coverage", "inlier_coverage.md",
+             "python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo"),
             ("Worker processes (this 2-core CPU)", "workers.md",
              "python benchmarks/workers.py --dataset datasets/demo --preset demo"),
             ("Worker processes (16 cores, the GPU host)", "workers_16cores.md",
