@@ -40,20 +40,25 @@ def test_auto_is_exact_below_the_threshold_and_approximate_above():
         retrieval.resolve_index("annoy", 10)
 
 
-def test_auto_gives_the_exact_top_k(monkeypatch):
-    # below the threshold faiss is never imported: the same top-k as before, with or without it
+def _block_faiss(monkeypatch, error: Exception) -> None:
+    """Make every `import faiss` from here on raise `error`."""
     real_import = builtins.__import__
 
     def no_faiss(name, *a, **kw):
         if name == "faiss":
-            raise AssertionError("auto imported faiss below the threshold")
+            raise error
         return real_import(name, *a, **kw)
 
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+
+
+def test_auto_gives_the_exact_top_k(monkeypatch):
+    # below the threshold faiss is never imported: the same top-k as before, with or without it
     db, q = clustered(500)
     D, Q = torch.from_numpy(db), torch.from_numpy(q)
     want_q, want_qv = retrieval.topk(Q, D, 20)
     want_d, want_dv = retrieval.topk(D, D, 10, exclude_self=True)
-    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    _block_faiss(monkeypatch, AssertionError("auto imported faiss below the threshold"))
     got_q, got_qv = retrieval.search(Q, D, 20, index="auto")
     got_d, got_dv = retrieval.search(D, D, 10, index="auto", exclude_self=True)
     np.testing.assert_array_equal(got_q, want_q)
@@ -72,15 +77,8 @@ def test_exact_top_k_is_the_same_in_smaller_chunks():
 
 
 def test_missing_faiss_says_how_to_install_it(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_faiss(name, *a, **kw):
-        if name == "faiss":
-            raise ImportError("No module named 'faiss'")
-        return real_import(name, *a, **kw)
-
     monkeypatch.delitem(__import__("sys").modules, "faiss", raising=False)
-    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    _block_faiss(monkeypatch, ImportError("No module named 'faiss'"))
     db, q = clustered(200)
     for index in ("ivf", "hnsw"):
         with pytest.raises(retrieval.MissingFaiss, match="pip install faiss-cpu"):
