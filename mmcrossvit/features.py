@@ -197,6 +197,32 @@ def read_features(path: Path, name: str) -> dict[str, np.ndarray]:
         return {k: g[k][()] for k in ("keypoints", "scales", "descriptors")}
 
 
+class FeatureStore:
+    """Features read from a features file through a cache bounded in bytes (least recently used
+    out first): localization reads each database image once per query, matching once per pair."""
+
+    def __init__(self, path: Path, max_bytes: int = 256 << 20):
+        from collections import OrderedDict
+        self.path, self.max_bytes, self.bytes = Path(path), max_bytes, 0
+        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+
+    @classmethod
+    def of(cls, source: "Path | FeatureStore") -> "FeatureStore":
+        return source if isinstance(source, FeatureStore) else cls(source)
+
+    def __getitem__(self, name: str) -> dict[str, np.ndarray]:
+        if name in self._cache:
+            self._cache.move_to_end(name)
+            return self._cache[name]
+        f = read_features(self.path, name)
+        self._cache[name] = f
+        self.bytes += sum(v.nbytes for v in f.values())
+        while self.bytes > self.max_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self.bytes -= sum(v.nbytes for v in old.values())
+        return f
+
+
 def feature_names(path: Path) -> set[str]:
     names: set[str] = set()
     if not Path(path).exists():
@@ -211,27 +237,49 @@ def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
     """(M, 2) indices of nearest-neighbour matches passing Lowe's ratio test (on L2 distances of
     the L2-normalised descriptors).
 
-    The dot products of the uint8 descriptors are integers below 2**24, so they are exact in any
-    summation order: matches do not depend on the thread count or the device (CPU float32, CUDA
-    float64, which TF32 never touches); the normalisation is elementwise."""
+    The dot products of the uint8 descriptors are integers below 2**24, computed exactly (see
+    `_exact_dots`), so matches do not depend on the thread count or the device; the
+    normalisation is elementwise."""
     if len(desc0) < 2 or len(desc1) < 2:
         return np.zeros((0, 2), dtype=np.int64)
     dev = torch.device(device or "cpu")
-    exact = torch.float64 if dev.type == "cuda" else torch.float32
-    d0 = torch.from_numpy(np.asarray(desc0)).to(dev, exact)
-    d1 = torch.from_numpy(np.asarray(desc1)).to(dev, exact)
-    norm0 = d0.square().sum(1).float().sqrt().clamp_min(1e-12)
-    norm1 = d1.square().sum(1).float().sqrt().clamp_min(1e-12)
-    sim = (d0 @ d1.T).float() / (norm0[:, None] * norm1[None, :])
+    d0 = torch.from_numpy(np.ascontiguousarray(desc0, dtype=np.uint8)).to(dev)
+    d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.uint8)).to(dev)
+    sim, sq0, sq1 = _exact_dots(d0, d1)
+    norm0 = sq0.float().sqrt().clamp_min(1e-12)
+    norm1 = sq1.float().sqrt().clamp_min(1e-12)
+    sim /= norm0[:, None] * norm1[None, :]
     top = sim.topk(2, dim=1)
     dist = torch.sqrt(torch.clamp(2 - 2 * top.values, min=0))
     ok = dist[:, 0] < ratio * dist[:, 1]
     nn01 = top.indices[:, 0]
-    if mutual:
-        nn10 = sim.argmax(dim=0)
-        ok &= nn10[nn01] == torch.arange(len(d0), device=dev)
+    if mutual:  # argmax(0) of the columns that rows passing the ratio test point to (a few %)
+        i0 = torch.nonzero(ok).squeeze(1)
+        back = sim.index_select(1, nn01[i0]).argmax(dim=0)
+        ok[i0] = back == i0
     i0 = torch.nonzero(ok).squeeze(1)
     return torch.stack([i0, nn01[i0]], 1).cpu().numpy()
+
+
+def _exact_dots(d0: torch.Tensor, d1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dot products of two uint8 descriptor sets as a float32 (CPU) or float64 (CUDA) matrix
+    that holds them exactly, and each set's squared norms.
+
+    On the CPU the product goes through int8 (x - 128; VNNI where the CPU has it), ~3x faster
+    than float32, and the shift comes back in float32: a.b = a'.b' + 128 sum(a') + 128 sum(b')
+    + 128^2 D, each partial sum an integer below 2**24 and so exact. CUDA multiplies in float64,
+    which TF32 never touches."""
+    if d0.device.type == "cuda" or not hasattr(torch, "_int_mm"):
+        exact = torch.float64 if d0.device.type == "cuda" else torch.float32
+        a, b = d0.to(exact), d1.to(exact)
+        return a @ b.T, a.square().sum(1), b.square().sum(1)
+    a = (d0.to(torch.int16) - 128).to(torch.int8)
+    b = (d1.to(torch.int16) - 128).to(torch.int8)
+    dots = torch._int_mm(a, b.T).float()
+    dots += (128 * a.sum(1, dtype=torch.int32)).float()[:, None]
+    dots += (128 * b.sum(1, dtype=torch.int32) + 128 * 128 * a.shape[1]).float()[None, :]
+    d0i, d1i = d0.to(torch.int32), d1.to(torch.int32)
+    return dots, (d0i * d0i).sum(1), (d1i * d1i).sum(1)
 
 
 def feature_stamps(path: Path, names) -> dict[str, str]:

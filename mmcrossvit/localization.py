@@ -19,7 +19,7 @@ import numpy as np
 from .colmap_io import CameraSpec
 from .colmap_model import read_colmap_cameras_poses, read_images_points2d, read_points3d
 from .errors import DataError
-from .features import match_descriptors, read_features
+from .features import FeatureStore, match_descriptors, read_features
 from .geometry import Pose
 
 
@@ -114,13 +114,13 @@ class ImageMatches:
         return int(len(np.unique(np.stack([self.keypoints, self.points], 1), axis=0)))
 
 
-def match_image(model: SfMModel, q_feats: dict, features: Path, name: str, ratio: float = 0.8,
+def match_image(model: SfMModel, q_feats: dict, features: Path | FeatureStore, name: str, ratio: float = 0.8,
                 device=None) -> ImageMatches:
     """Match the query to one database image and keep the matches to triangulated keypoints.
     An image the model does not hold contributes nothing (not even raw matches)."""
     if name not in model.point3d_ids:
         return ImageMatches.empty()
-    f = read_features(features, name)
+    f = FeatureStore.of(features)[name]
     m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio, device=device)
     ids = model.point3d_ids[name]
     if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
@@ -146,12 +146,13 @@ def pool(model: SfMModel, q_feats: dict, per_image: list[tuple[str, ImageMatches
     return (q_feats["keypoints"][kp].astype(np.float64), model.xyz[pt], [src[i] for i in first], total)
 
 
-def correspondences(model: SfMModel, q_feats: dict, features: Path, db_names: list[str], ratio: float = 0.8
+def correspondences(model: SfMModel, q_feats: dict, features: Path | FeatureStore, db_names: list[str], ratio: float = 0.8
                     ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Query 2D keypoints, their 3D points, the db image each came first from, and the raw match
     count. A (query keypoint, 3D point) pair found through several database images that observe
     the point is kept once (as hloc pools them): RANSAC and the inlier count see distinct pairs."""
-    return pool(model, q_feats, [(n, match_image(model, q_feats, features, n, ratio)) for n in db_names
+    store = FeatureStore.of(features)
+    return pool(model, q_feats, [(n, match_image(model, q_feats, store, n, ratio)) for n in db_names
                                  if n in model.point3d_ids])
 
 
@@ -196,7 +197,8 @@ def inlier_coverage(points2d: np.ndarray, camera: CameraSpec) -> float:
     return float(cv2.contourArea(hull)) / (camera.width * camera.height)
 
 
-def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel, features: Path,
+def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel,
+                   features: Path | FeatureStore,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
                    device: str = "cpu", min_coverage: float = 0.0) -> QueryResult:
@@ -216,9 +218,10 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     from .device import pick
     dev = pick(device)
     pycolmap.set_random_seed(seed)
+    store = FeatureStore.of(features)  # pass one store to reuse database features across queries
     t0 = time.time()
     try:
-        qf = read_features(features, name)
+        qf = read_features(store.path, name)  # read once: not cached
     except DataError:  # no features (an unreadable image): the query falls back
         qf = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8)}
     t1 = time.time()
@@ -226,7 +229,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
 
     def matched(n: str) -> ImageMatches:
         if n not in cache:
-            cache[n] = match_image(model, qf, features, n, ratio, dev)
+            cache[n] = match_image(model, qf, store, n, ratio, dev)
         return cache[n]
 
     candidates = scores = None

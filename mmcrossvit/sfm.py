@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .colmap_io import CameraSpec
 from .colmap_model import write_colmap_text
-from .features import match_descriptors, read_features
+from .features import FeatureStore, match_descriptors, read_features
 from .geometry import Pose
 
 log = logging.getLogger(__name__)
@@ -112,27 +112,20 @@ def epipolar_inliers(cam0, pose0: Pose, kp0: np.ndarray, cam1, pose1: Pose, kp1:
 
 
 class _PairMatcher:
-    """One process's matcher: features read once per image (a bounded cache) and, with known
+    """One process's matcher: features through a bounded cache and, with known
     poses, the matches filtered by their epipolar distance."""
 
     def __init__(self, features: Path, cameras: dict[str, CameraSpec] | None, poses: dict[str, Pose] | None,
                  ratio: float, max_error: float, device: str):
         from .device import pick
-        self.features, self.poses, self.ratio, self.max_error = Path(features), poses, ratio, max_error
+        self.poses, self.ratio, self.max_error = poses, ratio, max_error
+        self.feats = FeatureStore(features)
         self.cameras = {n: c.to_pycolmap() for n, c in cameras.items()} if cameras else None
         self.device = pick(device)
-        self.cache: dict[str, dict] = {}
-
-    def feats(self, name: str) -> dict:
-        if name not in self.cache:
-            if len(self.cache) > 256:
-                self.cache.pop(next(iter(self.cache)))
-            self.cache[name] = read_features(self.features, name)
-        return self.cache[name]
 
     def __call__(self, pair: tuple[str, str]) -> tuple[np.ndarray, np.ndarray | None]:
         a, b = pair
-        fa, fb = self.feats(a), self.feats(b)
+        fa, fb = self.feats[a], self.feats[b]
         m = match_descriptors(fa["descriptors"], fb["descriptors"], ratio=self.ratio,
                               device=self.device).astype(np.uint32)
         if self.poses is None:

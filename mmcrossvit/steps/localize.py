@@ -39,7 +39,7 @@ from ..device import CHOICES, HELP
 from ..errors import DataError
 from ..evaluation import oracle_candidates
 from .. import records
-from ..features import extract_features, feature_names, feature_stamps, stored_config
+from ..features import FeatureStore, extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel, localize_query, ransac_threshold
@@ -163,7 +163,7 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
 
 
 def _localize_init(model: SfMModel, features: Path, opts: tuple):
-    return model, features, opts
+    return model, FeatureStore(features), opts
 
 
 def _localize_one(state, job) -> dict:
