@@ -142,12 +142,15 @@ def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
     """For each query with a true pose: how many of the 3D points visible from that pose each
     database image in `db_names` observes (the ground truth of retrieval)."""
     out = {}
+    # each image's observations as rows of model.xyz, once: a boolean mask per query then counts them
+    rows = {n: model.point_index(model.point3d_ids[n][model.point3d_ids[n] >= 0])
+            for n in db_names if n in model.point3d_ids}
     for q, query in ds.queries.items():
         if ds.gt_poses is None or q not in ds.gt_poses:
             continue
-        vis = np.unique(model.point_ids[visible_points(query.camera, ds.gt_poses[q], model.xyz)])
-        out[q] = np.array([int(np.isin(model.point3d_ids[n], vis).sum()) if n in model.point3d_ids else 0
-                           for n in db_names], dtype=np.int64)
+        seen = np.zeros(len(model.xyz), bool)
+        seen[visible_points(query.camera, ds.gt_poses[q], model.xyz)] = True
+        out[q] = np.array([int(seen[rows[n]].sum()) if n in rows else 0 for n in db_names], dtype=np.int64)
     return out
 
 

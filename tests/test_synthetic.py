@@ -246,3 +246,21 @@ def test_generate_skips_or_refuses_existing(tiny_dataset, capsys):
         generate(tiny_dataset, "tiny", seed=1, progress=False)
     qfile = tiny_dataset / "queries" / "night_time_queries_with_intrinsics.txt"
     assert all("/night/" in n for n in read_intrinsics(qfile))
+
+
+def test_windowed_stain_equals_blurring_the_whole_canvas():
+    import cv2
+    from datasets.synthetic_town.textures import darken_ellipse
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 1.0, (120, 160, 3)).astype(np.float32)
+    for center, axes, sigma in [((80, 60), (10, 6), 2.0), ((2, 3), (20, 9), 3.5), ((159, 119), (4, 30), 1.0),
+                                ((-40, 50), (10, 10), 2.0)]:
+        want = base.copy()
+        blot = np.zeros(want.shape[:2], np.float32)
+        cv2.ellipse(blot, center, axes, 30.0, 0, 360, 1.0, -1)
+        want *= (1.0 - 0.4 * cv2.GaussianBlur(blot, (0, 0), sigma))[..., None]
+        got = base.copy()
+        darken_ellipse(got, center, axes, 30.0, sigma, lambda: 0.4)
+        # OpenCV's blur rounds by the canvas width in the last bit, so equal to float precision
+        assert np.allclose(got, want, rtol=0, atol=1e-6), (center, axes, sigma)
+        assert (got != base).any() == (center[0] >= 0)

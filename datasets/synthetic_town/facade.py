@@ -6,7 +6,7 @@ import math
 import cv2
 import numpy as np
 
-from .textures import SHOP_WORDS, Style, draw_text, random_word, rgb, value_noise
+from .textures import SHOP_WORDS, Style, darken_ellipse, draw_text, random_word, rgb, value_noise
 
 
 class Canvas:
@@ -150,12 +150,9 @@ def facade_texture(rng, width: float, height: float, ppm: float, style: Style, s
     cv.img[:] = colour * tint * lum[..., None]
     # moisture stains: soft dark blotches
     for _ in range(int(rng.integers(1, 5))):
-        blot = np.zeros((cv.H, cv.W), np.float32)
-        cv2.ellipse(blot, (int(rng.integers(0, cv.W)), int(rng.integers(0, cv.H))),
-                    (int(rng.uniform(0.3, 2.0) * ppm), int(rng.uniform(0.3, 2.5) * ppm)),
-                    float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-        blot = cv2.GaussianBlur(blot, (0, 0), max(0.3 * ppm, 1.0))
-        cv.img *= (1.0 - rng.uniform(0.08, 0.25) * blot)[..., None]
+        darken_ellipse(cv.img, (int(rng.integers(0, cv.W)), int(rng.integers(0, cv.H))),
+                       (int(rng.uniform(0.3, 2.0) * ppm), int(rng.uniform(0.3, 2.5) * ppm)),
+                       float(rng.uniform(0, 180)), max(0.3 * ppm, 1.0), lambda: rng.uniform(0.08, 0.25))
     lit_p = rng.uniform(0.2, 0.55)
     trim = style.trim * rng.uniform(0.9, 1.05, 3).astype(np.float32)
 

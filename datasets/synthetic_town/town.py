@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .textures import draw_text, rgb, value_noise
+from .textures import darken_ellipse, draw_text, rgb, value_noise
 
 
 @dataclass
@@ -116,11 +116,8 @@ def ground_texture(rng, lay: Layout, ppm: float, margin: float):
             patch *= rng.uniform(0.75, 1.25)
             cv2.rectangle(img, (c, r), (c + w, r + h), (0.12, 0.12, 0.12), 1)
         else:
-            blot = np.zeros((H, W), np.float32)
-            cv2.ellipse(blot, (c, r), (int(rng.uniform(0.3, 1.2) * ppm), int(rng.uniform(0.2, 0.8) * ppm)),
-                        float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-            blot = cv2.GaussianBlur(blot, (0, 0), 0.2 * ppm)
-            img *= (1.0 - 0.45 * blot)[..., None]
+            darken_ellipse(img, (c, r), (int(rng.uniform(0.3, 1.2) * ppm), int(rng.uniform(0.2, 0.8) * ppm)),
+                           float(rng.uniform(0, 180)), 0.2 * ppm, 0.45)
     # cracks: random walks
     for _ in range(int(lay.extent[0] * lay.extent[1] / 120)):
         p0 = np.array([rng.uniform(0, lay.extent[0]), rng.uniform(0, lay.extent[1])])
