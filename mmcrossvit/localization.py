@@ -115,16 +115,23 @@ class ImageMatches:
 
 
 def match_image(model: SfMModel, q_feats: dict, features: Path | FeatureStore, name: str, ratio: float = 0.8,
-                device=None) -> ImageMatches:
+                device=None, points_only: bool = False) -> ImageMatches:
     """Match the query to one database image and keep the matches to triangulated keypoints.
-    An image the model does not hold contributes nothing (not even raw matches)."""
+    An image the model does not hold contributes nothing (not even raw matches). With
+    `points_only`, the query is matched to the image's triangulated keypoints alone (the
+    nearest neighbours and the ratio test among them): a few times cheaper, for re-ranking."""
     if name not in model.point3d_ids:
         return ImageMatches.empty()
     f = FeatureStore.of(features)[name]
-    m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio, device=device)
     ids = model.point3d_ids[name]
     if len(ids) != len(f["keypoints"]):  # features re-extracted after the SfM model was built
         raise RuntimeError(f"features of {name} no longer match the SfM model; re-run preprocessing.py --overwrite")
+    if points_only:
+        rows = np.flatnonzero(ids >= 0)
+        m = match_descriptors(q_feats["descriptors"], f["descriptors"][rows], ratio=ratio, device=device)
+        m[:, 1] = rows[m[:, 1]]
+    else:
+        m = match_descriptors(q_feats["descriptors"], f["descriptors"], ratio=ratio, device=device)
     raw = len(m)
     m = m[ids[m[:, 1]] >= 0]
     return ImageMatches(m[:, 0], model.point_index(ids[m[:, 1]]), raw)
@@ -201,7 +208,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    features: Path | FeatureStore,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
-                   device: str = "cpu", min_coverage: float = 0.0) -> QueryResult:
+                   device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -210,7 +217,9 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     and the best `rerank_keep` are localized from those same matches, best first (covisibility
     clustering, if on, applies to them); the result's `retrieved` is the kept list, so calling
     this again with it and no re-ranking reproduces the pose, and a failure falls back to the
-    best-verified image's pose.
+    best-verified image's pose. With `rerank_points`, the verification matches the query to each
+    candidate's triangulated keypoints only (a few times cheaper); the kept candidates are then
+    matched in full for PnP.
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -237,7 +246,10 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     if rerank_keep is not None:
         candidates = list(retrieved)
         ta = time.time()
-        retrieved, scores = rerank(candidates, [matched(n) for n in candidates], rerank_keep)
+        # scored on matches to each candidate's 3D points alone; the kept ones are matched in full
+        scored = [match_image(model, qf, store, n, ratio, dev, points_only=True) for n in candidates] \
+            if rerank_points else [matched(n) for n in candidates]
+        retrieved, scores = rerank(candidates, scored, rerank_keep)
         t_match += time.time() - ta
     groups = covisibility_clusters(model, retrieved) if covisibility else [retrieved]
     best = None

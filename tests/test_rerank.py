@@ -12,8 +12,8 @@ from mmcrossvit.colmap_io import write_pairs
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import gt_covisibility
 from mmcrossvit.layout import Dataset
-from mmcrossvit.localization import (ImageMatches, SfMModel, correspondences, localize_query, pool, ransac_threshold,
-                                     rerank)
+from mmcrossvit.localization import (ImageMatches, SfMModel, correspondences, localize_query, match_image, pool,
+                                     ransac_threshold, rerank)
 from mmcrossvit.features import read_features
 from mmcrossvit.steps import execute, localize
 
@@ -106,11 +106,18 @@ def test_rerank_keeps_the_verified_candidates_and_changing_it_relocalizes(weak, 
                          ransac_threshold(cam, 12.0, 1600), False, 12, 0)
     assert (ref.num_inliers, ref.num_matches) == (rows[q]["inliers"], rows[q]["matches"])
     assert np.allclose(ref.pose.t, rows[q]["tvec"])
-    # ...and a candidate's score is its distinct correspondences as the localizer pools them
+    # ...and a candidate's score is its distinct correspondences from matching the query to its
+    # triangulated keypoints (rerank_points, the presets' default)...
     qf = read_features(run.features, q)
     best = rows[q]["retrieved"][0]
+    scores = dict(zip(rows[q]["candidates"], rows[q]["verification"]))
+    assert match_image(model, qf, run.features, best, points_only=True).distinct() == scores[best]
+    # ...or, without it, to every keypoint: the correspondences as the localizer pools them
+    _localize(run, "rerank-full", pairs=pairs, rerank=10, rerank_keep=5, rerank_points=False)
+    full = _rows(run, "rerank-full")[q]
     p2, p3, _, _ = correspondences(model, qf, run.features, [best])
-    assert len(p2) == dict(zip(rows[q]["candidates"], rows[q]["verification"]))[best]
+    assert len(p2) == dict(zip(full["candidates"], full["verification"]))[best]
+    assert full["verification"] != rows[q]["verification"]  # the two scores differ
 
     # changing the setting re-localizes every query; the same settings reuse the log
     n = len(rows)

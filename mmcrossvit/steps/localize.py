@@ -13,7 +13,8 @@ row per query: retrieved images, matches, inliers, time). Interrupted runs resum
 --rerank N re-ranks by local verification (off by default, as in the paper): the first N
 candidates of the pairs file are matched to the query, each is scored by its number of distinct
 2D-3D correspondences, and the best --rerank-keep of them are pooled for PnP (matched once, not
-twice). Its candidates come from a pairs file as deep as N: by default the pairs step's full
+twice; with --rerank-points, every preset's default, the scores come from matches to each
+candidate's triangulated keypoints alone and the kept ones are matched in full). Its candidates come from a pairs file as deep as N: by default the pairs step's full
 ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
 --num-retrieved), or any hloc-format file given with --pairs; a file shallower than N is an error
 naming it. The log row then lists the candidates, their scores, and as `retrieved` the kept
@@ -67,6 +68,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "(pairs-query-ranked.txt); --retrieval pairs only")
     g.add_argument("--rerank-keep", type=int, default=S,
                    help="candidates kept after re-ranking (<= --rerank; used only with --rerank)")
+    g.add_argument("--rerank-points", action=argparse.BooleanOptionalAction, default=S,
+                   help="score each candidate by matching the query to its triangulated keypoints only (a few "
+                        "times cheaper than matching every keypoint; the kept candidates are matched in full "
+                        "for PnP); used only with --rerank")
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
     g.add_argument("--ransac-max-error", type=float, default=S,
                    help="RANSAC inlier threshold in pixels (at a longer image side of --ransac-ref-size)")
@@ -168,10 +173,10 @@ def _localize_init(model: SfMModel, features: Path, opts: tuple):
 
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
-    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage) = state
+    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points) = state
     q, camera, cands, threshold = job
     r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
-                       rerank_keep, device=device, min_coverage=min_coverage)
+                       rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points)
     return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
 
 
@@ -218,6 +223,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     rerank, rerank_keep = rerank_of(cfg)
     if rerank:  # only when on: rows localized without re-ranking keep their keys (rerank_keep is then unused)
         settings.update(rerank=rerank, rerank_keep=rerank_keep)
+        if cfg.rerank_points:  # likewise: rows re-ranked on every keypoint keep their keys
+            settings.update(rerank_points=True)
     if cfg.min_coverage:  # likewise: rows localized without the coverage rule keep their keys
         settings.update(min_coverage=cfg.min_coverage)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
@@ -239,7 +246,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         todo = [q for q in sorted(queries) if q not in done]
         jobs = [(q, queries[q].camera, cands[q],
                  ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
-        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage)
+        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
+                bool(rerank and cfg.rerank_points))
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],
