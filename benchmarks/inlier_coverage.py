@@ -72,12 +72,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     ds = Dataset(run.dataset)
-    cfg = cli.settings(localize, args.preset, seed=args.seed)  # RANSAC's seed: the run's own
+    seed = getattr(args, "seed", None)  # RANSAC's seed: the run's own (--seed; else the preset's)
+    cfg = cli.settings(localize, args.preset, **({} if seed is None else {"seed": seed}))
     model = SfMModel.load(run.sfm)
     result = {"machine": machine_info(), "runs": {}}
     md = [f"# Inlier coverage on `{run.name}` ({args.preset} preset)", "",
           f"`python benchmarks/inlier_coverage.py --dataset {args.dataset} --preset {args.preset} "
-          f"{f'--name {run.name} ' if args.name else ''}{f'--seed {args.seed} ' if args.seed else ''}--thresholds "
+          f"{f'--name {run.name} ' if args.name else ''}{f'--seed {seed} ' if seed is not None else ''}--thresholds "
           f"{' '.join(map(str, args.thresholds))}`", "",
           "Coverage: the fraction of the query image inside the convex hull of the PnP inliers. A localized query "
           "below the threshold becomes a failure (the top retrieved image's pose). Wrong accepted: localized but "
