@@ -107,9 +107,9 @@ PRESETS: dict[str, dict] = {
                      jitter=0.2, val_every=4, sigma="auto", regression=1.0, crop_scale=0.6, portrait_prob=0.25,
                      roll=5.0, threads=2),
         pairs=dict(num_retrieved=20),
-        # benchmarks/rerank.py: verifying the student's top 100 and keeping the best 20 lifts (0.25 m, 2°)
-        # from day 44% / night 10% (top 20) to 74% / 36% (top 50: 58% / 22%), at 0.65 s per query
-        # instead of 0.17 s; the paper preset keeps the paper's top-K
+        # benchmarks/rerank.py (first-octave-0 map): verifying the student's top 100 and keeping the best
+        # 20 lifted (0.25 m, 2°) from day 42% / night 18% (top 20) to 74% / 38%; on the current map it
+        # gives 82% / 48% at 0.86 s per query (README); the paper preset keeps the paper's top-K
         localize=dict(oracle_num_retrieved=20, rerank=100, rerank_keep=20),
     ),
     "tiny": _derive(
