@@ -22,7 +22,6 @@ the --preset's localization settings (and --seed) are used, and the report says 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 
 import numpy as np
@@ -30,7 +29,8 @@ from report import finish, markdown_table, run_parser  # noqa: E402  (puts the r
 from tqdm import tqdm
 
 from mmcrossvit import cli, presets  # noqa: E402
-from mmcrossvit.diagnosis import (ALL, COARSEST, FINEST, KINDS, MIN_PNP, SETTINGS, diagnose_query,  # noqa: E402
+from mmcrossvit.diagnosis import (ALL, COARSEST, FINEST, KINDS, MIN_PNP, SETTINGS, diagnose_query,
+                                  localization_settings,  # noqa: E402
                                   summarise)
 from mmcrossvit.errors import DataError  # noqa: E402
 from mmcrossvit.evaluation import gt_covisibility  # noqa: E402
@@ -58,21 +58,6 @@ MEDIANS = (("correspondences", "corr.", ".0f"), ("gt_correspondences", "GT-consi
            ("best_db_distance_m", "to best db m", ".1f"), ("best_db_angle_deg", "to best db °", ".1f"))
 COLOURS = {"localized": "#2ca02c", "inaccurate": "#bcbd22", "wrong pose accepted": "#d62728",
            "retrieval miss": "#9467bd", "no correspondences": "#7f7f7f", "few inliers": "#ff7f0e"}
-
-
-def localization_settings(run: RunLayout, tag: str, preset: str, seed: int | None) -> tuple[dict, str]:
-    """The settings the tagged localization ran with, and where they came from."""
-    path = run.settings(localize.record_name(argparse.Namespace(tag=tag, retrieval=None)))
-    if path.exists():
-        recorded = read_json(path).get("settings", {})
-        if all(k in recorded for k in SETTINGS):
-            return {k: recorded[k] for k in SETTINGS}, str(path)
-    s = presets.step_settings(preset, "localize")
-    s = {k: s[k] for k in SETTINGS}
-    if seed is not None:
-        s["seed"] = seed
-    print(f"warning: no recorded settings at {path}; using preset {preset!r}'s (the pose may differ from the run's)")
-    return s, f"preset {preset}"
 
 
 def min_shared_of(run: RunLayout, preset: str) -> tuple[int, str]:

@@ -8,7 +8,9 @@ localize.py finds it) and the fraction of the image covered by the convex hull o
 computed. A threshold t turns every localized query with coverage < t into a failure, which gets
 the top retrieved image's pose as any failure does. Per threshold: queries localized, wrong poses
 accepted (beyond 5 m / 10°), correct poses lost (within them) and the recall at the three
-thresholds, computed with the project's evaluator. Writes <results>/inlier_coverage.{md,json}.
+thresholds, computed with the project's evaluator. Localization is replayed with the settings the
+run recorded (its seed included; --seed only where it recorded none). Writes
+<results>/inlier_coverage.{md,json}.
 """
 from __future__ import annotations
 
@@ -17,16 +19,16 @@ from pathlib import Path
 
 from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
-from mmcrossvit import cli  # noqa: E402
+from mmcrossvit.diagnosis import localization_settings  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
 from mmcrossvit.localization import SfMModel, inlier_coverage, localize_query, ransac_threshold  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
-from mmcrossvit.steps import localize  # noqa: E402
 
 
-def coverages(run: RunLayout, ds: Dataset, model: SfMModel, cfg, log: Path) -> list[dict]:
+def coverages(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) -> list[dict]:
+    """`s`: the run's recorded localization settings (diagnosis.localization_settings)."""
     """Each log row with its pose, and for localized ones the inliers' coverage and true error."""
     rows = []
     for line in open(log):
@@ -35,9 +37,9 @@ def coverages(run: RunLayout, ds: Dataset, model: SfMModel, cfg, log: Path) -> l
         row = {"query": r["query"], "condition": q.condition, "success": r["success"],
                "pose": Pose.from_qt(r["qvec"], r["tvec"]), "retrieved": r["retrieved"]}
         if r["success"]:
-            thr = ransac_threshold(q.camera, cfg.ransac_max_error, cfg.ransac_ref_size)
-            res = localize_query(r["query"], q.camera, r["retrieved"], model, run.features, cfg.ratio, thr,
-                                 cfg.covisibility, cfg.min_inliers, cfg.seed)
+            thr = ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"])
+            res = localize_query(r["query"], q.camera, r["retrieved"], model, run.features, s["ratio"], thr,
+                                 s["covisibility"], s["min_inliers"], s["seed"])
             if res.num_inliers != r["inliers"]:
                 raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
                                  f"logged {r['inliers']}); run localize.py again")
@@ -72,8 +74,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     ds = Dataset(run.dataset)
-    seed = getattr(args, "seed", None)  # RANSAC's seed: the run's own (--seed; else the preset's)
-    cfg = cli.settings(localize, args.preset, **({} if seed is None else {"seed": seed}))
+    seed = getattr(args, "seed", None)  # used only where the run recorded no settings
     model = SfMModel.load(run.sfm)
     result = {"machine": machine_info(), "runs": {}}
     md = [f"# Inlier coverage on `{run.name}` ({args.preset} preset)", "",
@@ -84,10 +85,11 @@ def main(argv=None):
           "below the threshold becomes a failure (the top retrieved image's pose). Wrong accepted: localized but "
           "beyond (5 m, 10°); correct lost: within it but rejected. Recall: day / night % at (0.25 m, 2°) / "
           "(0.5 m, 5°) / (5 m, 10°).", ""]
-    for label, log in (("student", run.localization_log("")), ("oracle", run.localization_log("oracle"))):
+    for label, tag in (("student", ""), ("oracle", "oracle")):
+        log = run.localization_log(tag)
         if not log.exists():
             continue
-        rows = coverages(run, ds, model, cfg, log)
+        rows = coverages(run, ds, model, localization_settings(run, tag, args.preset, seed)[0], log)
         res = [at_threshold(rows, t, model, ds) for t in args.thresholds]
         wrong = sorted(round(r["coverage"], 3) for r in rows if r["success"] and r["wrong"])
         right = sorted(round(r["coverage"], 3) for r in rows if r["success"] and not r["wrong"])

@@ -54,7 +54,7 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Rejecting poses by inlier coverage", "inlier_coverage.md",
              "python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo"),
             ("Rejecting poses by inlier coverage: a second scene (seed 1)", "inlier_coverage_seed1.md",
-             "python benchmarks/inlier_coverage.py --dataset datasets/demo-seed1 --preset demo --name demo-seed1 --seed 1"),
+             "python benchmarks/inlier_coverage.py --dataset datasets/demo-seed1 --preset demo --name demo-seed1"),
             ("Descriptor-matching kernel", "matching_kernel.md",
              "python benchmarks/matching_kernel.py --features outputs/demo/features.h5 --pairs outputs/demo/pairs-db.txt"),
             ("Worker processes (this 2-core CPU)", "workers.md",

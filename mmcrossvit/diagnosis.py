@@ -79,6 +79,26 @@ def _viewpoint(model: SfMModel, name: str | None, gt_pose: Pose) -> tuple[float 
     return pose_error(model.poses[name], gt_pose)
 
 
+def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple[dict, str]:
+    """The settings (SETTINGS) the tagged localization of `run` ran with, and where they came from:
+    its recorded settings file, else the preset's (with `seed` if given), with a warning."""
+    import argparse
+    from . import presets
+    from .steps import localize
+    from .storage import read_json
+    path = run.settings(localize.record_name(argparse.Namespace(tag=tag, retrieval=None)))
+    if path.exists():
+        recorded = read_json(path).get("settings", {})
+        if all(k in recorded for k in SETTINGS):
+            return {k: recorded[k] for k in SETTINGS}, str(path)
+    s = presets.step_settings(preset, "localize")
+    s = {k: s[k] for k in SETTINGS}
+    if seed is not None:
+        s["seed"] = seed
+    print(f"warning: no recorded settings at {path}; using preset {preset!r}'s (the pose may differ from the run's)")
+    return s, f"preset {preset}"
+
+
 def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list[str], model: SfMModel,
                    features: Path, settings: dict, shared: dict[str, int], px: float = 4.0,
                    min_shared: int = 8, condition: str = "unknown") -> dict:
