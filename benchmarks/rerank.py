@@ -3,12 +3,15 @@
     python benchmarks/rerank.py --dataset datasets/demo --preset demo [--depths 50 100] [--keep 20]
 
 Localizes the run's queries from the student's retrieval four ways, each under its own tag
-(outputs/<name>/rerank-top/, rerank-covis/, rerank-pool<N>/, rerank-<N>/):
+(outputs/<name>/rerank-top/, rerank-covis/, rerank-pool<N>/, rerank-<N>/, rerank-count<N>/):
 
     top        the pairs file without re-ranking (pairs-query.txt, top K): the paper's pipeline
     covis      the same candidates, clustered by covisibility (hloc's option)
-    rerank<N>  the top N of the student's ranking re-ranked by their number of distinct 2D-3D
-               correspondences, the best --keep (default K) localized (localize --rerank N)
+    rerank<N>  the top N of the student's ranking re-ranked with the preset's verification
+               (localize --rerank N; with the presets' --rerank-pnp, the candidates whose own PnP
+               pose agrees with the best-verified one's, at most --keep of them, default K)
+    count<N>   the same N re-ranked by their number of distinct 2D-3D correspondences alone, the
+               best --keep localized (--rerank-pnp 0: tells the gain of PnP verification)
     pool<N>    the control: all top N pooled without re-ranking (as many images matched as
                rerank<N>; tells the gain of verification from that of matching deeper)
 
@@ -108,8 +111,13 @@ def main(argv=None) -> dict:
         if not args.no_controls:
             variants[f"pool{n}"] = (f"top-{n} pooled, no re-ranking (control)", dict(num_retrieved=n, rerank=0,
                                                                                          pairs=ranked_path))
-        variants[f"rerank{n}"] = (f"top-{n} re-ranked, best {keep} kept",
-                                  dict(rerank=n, rerank_keep=keep, pairs=ranked_path))
+        pre = cli.settings(localize, args.preset)
+        if pre.rerank_pnp:
+            variants[f"count{n}"] = (f"top-{n} re-ranked by matches, best {keep} kept",
+                                     dict(rerank=n, rerank_keep=keep, rerank_pnp=0, pairs=ranked_path))
+        how = f"best {pre.rerank_pnp} verified by PnP, the agreeing kept (<= {keep})" if pre.rerank_pnp \
+            else f"best {keep} kept"
+        variants[f"rerank{n}"] = (f"top-{n} re-ranked, {how}", dict(rerank=n, rerank_keep=keep, pairs=ranked_path))
 
     model = SfMModel.load(run.sfm)
     db = sorted(model.point3d_ids)

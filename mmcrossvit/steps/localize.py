@@ -14,8 +14,11 @@ row per query: retrieved images, matches, inliers, time). Interrupted runs resum
 candidates of the pairs file are matched to the query, each is scored by its number of distinct
 2D-3D correspondences, and the best --rerank-keep of them are pooled for PnP (matched once, not
 twice; with --rerank-points, every preset's default, the scores come from matches to each
-candidate's triangulated keypoints alone and the kept ones are matched in full). Its candidates come from a pairs file as deep as N: by default the pairs step's full
-ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
+candidate's triangulated keypoints alone and the kept ones are matched in full). With
+--rerank-pnp M (every preset's default: 30), the M best-scored candidates are verified by a PnP
+of their own, and only those whose camera lies within --rerank-agree metres of the best-verified
+one's are pooled: images of a repeated facade or of another street stay out of the pose.
+Its candidates come from a pairs file as deep as N: by default the pairs step's full ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
 --num-retrieved), or any hloc-format file given with --pairs; a file shallower than N is an error
 naming it. The log row then lists the candidates, their scores, and as `retrieved` the kept
 images, best first.
@@ -72,6 +75,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="score each candidate by matching the query to its triangulated keypoints only (a few "
                         "times cheaper than matching every keypoint; the kept candidates are matched in full "
                         "for PnP); used only with --rerank")
+    g.add_argument("--rerank-pnp", type=int, default=S,
+                   help="verify the N best-scored candidates by a PnP of their own and pool only those whose pose "
+                        "lies within --rerank-agree metres of the best-verified one's (0: off, pool the best "
+                        "--rerank-keep by score); used only with --rerank")
+    g.add_argument("--rerank-agree", type=float, default=S,
+                   help="metres between a verified candidate's camera centre and the best one's for it to be "
+                        "pooled (the benchmark's coarsest threshold is 5 m); used only with --rerank-pnp")
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
     g.add_argument("--ransac-max-error", type=float, default=S,
                    help="RANSAC inlier threshold in pixels (at a longer image side of --ransac-ref-size)")
@@ -120,6 +130,9 @@ def check(run: RunLayout, cfg) -> None:
     if rerank and (keep is None or not 1 <= keep <= rerank):
         raise DataError(None, f"--rerank {rerank} re-ranks {rerank} candidates and keeps --rerank-keep of them: "
                               f"it must lie in 1..{rerank}, got {keep}")
+    if (getattr(cfg, "rerank_pnp", 0) or 0) < 0 or (getattr(cfg, "rerank_pnp", 0) and not cfg.rerank_agree > 0):
+        raise DataError(None, f"--rerank-pnp must be >= 0 (0: off) and --rerank-agree > 0 metres, got "
+                              f"{cfg.rerank_pnp} and {cfg.rerank_agree}")
     if rerank and cfg.num_retrieved is not None:
         raise DataError(None, "--num-retrieved truncates the pairs without re-ranking; with --rerank N the first N "
                               "candidates are verified and --rerank-keep of them kept: leave --num-retrieved unset")
@@ -173,10 +186,12 @@ def _localize_init(model: SfMModel, features: Path, opts: tuple):
 
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
-    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points) = state
+    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points,
+                      rerank_pnp, rerank_agree) = state
     q, camera, cands, threshold = job
     r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
-                       rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points)
+                       rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points,
+                       rerank_pnp=rerank_pnp, rerank_agree=rerank_agree)
     return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
 
 
@@ -225,6 +240,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         settings.update(rerank=rerank, rerank_keep=rerank_keep)
         if cfg.rerank_points:  # likewise: rows re-ranked on every keypoint keep their keys
             settings.update(rerank_points=True)
+        if cfg.rerank_pnp:  # likewise: rows re-ranked without PnP verification keep their keys
+            settings.update(rerank_pnp=cfg.rerank_pnp, rerank_agree=cfg.rerank_agree)
     if cfg.min_coverage:  # likewise: rows localized without the coverage rule keep their keys
         settings.update(min_coverage=cfg.min_coverage)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
@@ -247,7 +264,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         jobs = [(q, queries[q].camera, cands[q],
                  ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
         opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
-                bool(rerank and cfg.rerank_points))
+                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree)
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],
