@@ -3,7 +3,7 @@
     python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo [--thresholds 0 0.02 0.05 0.1]
 
 For every query a localization log (student retrieval and, if present, the oracle's) counted as
-localized, the query is localized again from the same retrieved images (the same hypothesis, as
+localized (or, in a run made with the rule on, rejected by it), the query is localized again from the same retrieved images (the same hypothesis, as
 localize.py finds it) and the fraction of the image covered by the convex hull of its inliers is
 computed. A threshold t turns every localized query with coverage < t into a failure, which gets
 the top retrieved image's pose as any failure does. Per threshold: queries localized, wrong poses
@@ -36,13 +36,16 @@ def coverages(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) 
         q = ds.queries[r["query"]]
         row = {"query": r["query"], "condition": q.condition, "success": r["success"],
                "pose": Pose.from_qt(r["qvec"], r["tvec"]), "retrieved": r["retrieved"]}
-        if r["success"]:
+        # a run made with the rule on logged the poses it rejected as failures: replayed without it
+        rejected = not r["success"] and s["min_coverage"] > 0 and r["inliers"] >= s["min_inliers"]
+        if r["success"] or rejected:
             thr = ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"])
             res = localize_query(r["query"], q.camera, r["retrieved"], model, run.features, s["ratio"], thr,
                                  s["covisibility"], s["min_inliers"], s["seed"])
-            if res.num_inliers != r["inliers"]:
+            if res.num_inliers != r["inliers"] or not res.success:
                 raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
                                  f"logged {r['inliers']}); run localize.py again")
+            row.update(success=True, pose=res.pose)
             mask = [bool(x) for x in res.inliers]
             row["coverage"] = inlier_coverage(res.points2d[mask], q.camera)
             dt, dr = pose_error(row["pose"], ds.gt_poses[r["query"]])

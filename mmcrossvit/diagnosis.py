@@ -31,6 +31,8 @@ MIN_PNP = 4  # fewer 2D-3D correspondences than this and PnP cannot run (estimat
 ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
 SETTINGS = ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility", "min_inliers", "seed")
+# settings a run records only when they are on (their 'off' value otherwise)
+OPTIONAL = {"min_coverage": 0.0}
 # per-query columns that are numbers (medians are taken of these)
 NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inliers", "gt_inliers",
            "distinct_inliers", "inlier_keypoints",
@@ -80,7 +82,7 @@ def _viewpoint(model: SfMModel, name: str | None, gt_pose: Pose) -> tuple[float 
 
 
 def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple[dict, str]:
-    """The settings (SETTINGS) the tagged localization of `run` ran with, and where they came from:
+    """The settings (SETTINGS and OPTIONAL) the tagged localization of `run` ran with, and where they came from:
     its recorded settings file, else the preset's (with `seed` if given), with a warning."""
     import argparse
     from . import presets
@@ -90,9 +92,10 @@ def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple
     if path.exists():
         recorded = read_json(path).get("settings", {})
         if all(k in recorded for k in SETTINGS):
-            return {k: recorded[k] for k in SETTINGS}, str(path)
+            return {**{k: recorded[k] for k in SETTINGS},
+                    **{k: recorded.get(k, off) for k, off in OPTIONAL.items()}}, str(path)
     s = presets.step_settings(preset, "localize")
-    s = {k: s[k] for k in SETTINGS}
+    s = {k: s[k] for k in (*SETTINGS, *OPTIONAL)}
     if seed is not None:
         s["seed"] = seed
     print(f"warning: no recorded settings at {path}; using preset {preset!r}'s (the pose may differ from the run's)")

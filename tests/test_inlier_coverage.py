@@ -3,12 +3,17 @@ inliers cover too little of the image into failures."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmcrossvit import cli
 from mmcrossvit.colmap_io import CameraSpec
+from mmcrossvit.diagnosis import localization_settings
+from mmcrossvit.layout import Dataset
+from mmcrossvit.localization import SfMModel
 from mmcrossvit.localization import inlier_coverage
 from mmcrossvit.steps import execute, localize
 
@@ -38,3 +43,20 @@ def test_the_rule_rejects_poses_below_the_coverage(tiny_run):
                                                       off[r["query"]]["tvec"])
     # the setting is part of each row's key only when the rule is on
     assert logs["cov-tiny"][0]["key"] != logs["cov-off"][0]["key"]
+
+    # the replay (diagnosis, the coverage benchmark) reads the rule from the recorded settings...
+    assert localization_settings(run, "cov-all", "paper", None)[0]["min_coverage"] == 1.01
+    assert localization_settings(run, "cov-off", "paper", None)[0]["min_coverage"] == 0.0
+    # ...and the benchmark recovers the poses a run made with the rule on rejected
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from inlier_coverage import coverages
+    ds, model = Dataset(run.dataset), SfMModel.load(run.sfm)
+    rows = {tag: {r["query"]: r for r in coverages(run, ds, model, localization_settings(run, tag, "paper", None)[0],
+                                                     run.localization_log(tag))} for tag in ("cov-off", "cov-all")}
+    for q, r in rows["cov-off"].items():
+        back = rows["cov-all"][q]
+        assert back["success"] == r["success"]
+        if r["success"]:
+            assert back["coverage"] == r["coverage"] and np.allclose(back["pose"].t, r["pose"].t)
