@@ -193,17 +193,9 @@ def candidate_pose(model: "SfMModel", q_feats: dict, matches: ImageMatches, came
     which candidates were verified before it."""
     import pycolmap
     p2, p3, _, _ = pool(model, q_feats, [("", matches)])
-    if len(p2) < 4:
-        return 0, None
     pycolmap.set_random_seed(seed)
-    opts = pycolmap.AbsolutePoseEstimationOptions()
-    opts.ransac.max_error = max_error
-    opts.ransac.max_num_trials = VERIFY_TRIALS
-    ret = pycolmap.estimate_absolute_pose(p2, p3, camera.to_pycolmap(), opts)
-    if ret is None:
-        return 0, None
-    T = ret["cam_from_world"]
-    return int(np.sum(ret["inlier_mask"])), Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
+    est = estimate_pose(p2, p3, camera, max_error, refine=False, max_trials=VERIFY_TRIALS)
+    return (0, None) if est is None else (int(est[1].sum()), est[0])
 
 
 def agreeing(names: list[str], scores: list[int], inliers: list[int], poses: list[Pose | None], keep: int,
@@ -229,14 +221,19 @@ def ransac_threshold(camera: CameraSpec, max_error: float, ref_size: float | Non
     return max_error if not ref_size else max_error * max(camera.width, camera.height) / ref_size
 
 
-def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, max_error: float = 12.0):
-    """PnP-RANSAC + refinement (pycolmap); returns (Pose, inlier mask) or None."""
+def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, max_error: float = 12.0,
+                  refine: bool = True, max_trials: int | None = None):
+    """PnP-RANSAC + refinement (pycolmap; without it when not `refine`, at most `max_trials`
+    RANSAC trials when given); returns (Pose, inlier mask) or None."""
     import pycolmap
     if len(points2d) < 4:
         return None
     opts = pycolmap.AbsolutePoseEstimationOptions()
     opts.ransac.max_error = max_error
-    ret = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, camera.to_pycolmap(), opts)
+    if max_trials is not None:
+        opts.ransac.max_num_trials = max_trials
+    solve = pycolmap.estimate_and_refine_absolute_pose if refine else pycolmap.estimate_absolute_pose
+    ret = solve(points2d, points3d, camera.to_pycolmap(), opts)
     if ret is None:
         return None
     T = ret["cam_from_world"]
