@@ -39,6 +39,12 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Ablation (demo, held-out fold)", "ablation.md", "python benchmarks/ablation.py --dataset datasets/demo"),
             ("Localization ceiling: levers with oracle retrieval", "sfm_levers.md",
              "python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo"),
+            ("Localization ceiling: affine-adapted SIFT and DSP-SIFT", "sfm_levers_affine.md",
+             "python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo --variants preset affine dsp "
+             "affine_dsp (before the demo preset turned affine shapes on)"),
+            ("Real photographs: Strecha et al.'s scenes with laser-scan ground truth", "real_scenes.md",
+             "python benchmarks/real_scenes.py --datasets datasets/strecha_* --presets paper demo "
+             "--variants no-affine affine"),
             ("Why oracle localization fails (dense map)", "diagnosis_demo_dense_oracle.md",
              "python benchmarks/diagnose_localization.py --dataset datasets/demo --preset demo --tag oracle"),
             ("How much the teacher relies on its 3D tokens", "token_reliance.md",

@@ -25,7 +25,8 @@ from mmcrossvit.paths import ORACLE_TAG, RunLayout  # noqa: E402
 from mmcrossvit.steps import execute, localize, preprocess  # noqa: E402
 from mmcrossvit.storage import read_json  # noqa: E402
 
-SIFT_KEYS = ("max_image_size", "max_num_features", "first_octave", "peak_threshold", "contrast")
+SIFT_KEYS = ("max_image_size", "max_num_features", "first_octave", "peak_threshold", "contrast", "affine_shape",
+             "domain_size_pooling")
 COLMAP_SIFT = dict(first_octave=-1, peak_threshold=0.02 / 3, max_image_size=1600)
 DENSE = dict(min_pair_matches=5, two_view_tracks=True)
 # key: (what it is, preprocess overrides, localize overrides)
@@ -37,6 +38,9 @@ VARIANTS = {
     "colmap": ("COLMAP's SIFT defaults", COLMAP_SIFT, {}),
     "colmap_dense": ("COLMAP's SIFT defaults, dense", dict(COLMAP_SIFT, **DENSE), {}),
     "colmap_dense_clahe": ("COLMAP's SIFT defaults, dense, CLAHE", dict(COLMAP_SIFT, **DENSE, contrast="clahe"), {}),
+    "affine": ("the preset, affine-adapted SIFT", dict(affine_shape=True), {}),
+    "dsp": ("the preset, DSP-SIFT", dict(domain_size_pooling=True), {}),
+    "affine_dsp": ("the preset, affine-adapted DSP-SIFT", dict(affine_shape=True, domain_size_pooling=True), {}),
     "dense_covis": ("dense, covisibility clusters", DENSE, dict(covisibility=True)),
     "dense_inl30": ("dense, >= 30 inliers", DENSE, dict(min_inliers=30)),
     "dense_scaled": ("dense, RANSAC threshold scaled to the image size", DENSE, dict(ransac_ref_size=1600)),

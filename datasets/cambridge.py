@@ -57,7 +57,6 @@ import io
 import math
 import os
 import shutil
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -66,11 +65,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from datasets.converted import add_scene_args, image_size, prepare_out, scene_and_out
 from mmcrossvit.colmap_io import CameraSpec, check_name, read_nvm, read_text
 from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose, pose_error, qvec_to_rotmat
 from mmcrossvit.layout import GT_POSES, IMAGES, NVM, REFERENCE, Dataset, write_metadata
-from mmcrossvit.storage import atomic_path, read_json, write_json
+from mmcrossvit.storage import atomic_path, write_json
 
 SCENES = ("KingsCollege", "OldHospital", "ShopFacade", "StMarysChurch", "GreatCourt")
 TRAIN_LIST, TEST_LIST, SCENE_NVM = "dataset_train.txt", "dataset_test.txt", "reconstruction.nvm"
@@ -158,52 +158,12 @@ def _key(name: str) -> str:
     return str(PurePosixPath(name.replace("\\", "/")).with_suffix(""))  # PurePosixPath drops "./"
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image: from the PNG header when it is a PNG, else by decoding it."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", head[16:24])
-        return int(w), int(h)
-    import cv2
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise OSError(f"not a readable image: {path}")
-    return int(img.shape[1]), int(img.shape[0])
-
-
 def nvm_camera(focal: float, radial: float, size: tuple[int, int], nvm_size: tuple[int, int]) -> CameraSpec:
     """SIMPLE_RADIAL camera of an image of `size` from an NVM focal length (at `nvm_size`) and
     radial distortion; principal point at the image centre."""
     w, h = size
     s = w / nvm_size[0]
     return CameraSpec("SIMPLE_RADIAL", w, h, (float(focal) * s, w / 2.0, h / 2.0, 0.0 - float(radial)))
-
-
-def _check_out(out: Path, scene_dir: Path, overwrite: bool) -> None:
-    """Make `out` ready: new or empty, or an earlier conversion (cambridge.json): a complete one is
-    replaced only with `overwrite`, an interrupted one ("complete": false) always. Anything else
-    is left alone: FileExistsError."""
-    if out.resolve() == scene_dir.resolve():
-        raise ValueError(f"the output folder must not be the scene folder {scene_dir}")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / SUMMARY).is_file():
-        raise FileExistsError(f"{out} exists and is not a converted Cambridge scene (no {SUMMARY}); "
-                              f"choose an empty or new folder")
-    try:
-        complete = bool(read_json(out / SUMMARY).get("complete"))
-    except (ValueError, AttributeError):
-        complete = False
-    if complete and not overwrite:
-        raise FileExistsError(f"{out} already holds a converted scene (see {out / SUMMARY}); "
-                              f"pass overwrite=True / --overwrite to convert again")
-    for rel in OWNED:
-        p = out / rel
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)  # removes the links, never what they point to
-        elif p.exists() or p.is_symlink():
-            p.unlink()
 
 
 def convert(scene_dir: str | Path, out_dir: str | Path, link: bool = True, scene: str | None = None,
@@ -247,7 +207,7 @@ def convert(scene_dir: str | Path, out_dir: str | Path, link: bool = True, scene
     median_focal = float(np.median([c[0] for c in train_cams]))
     median_radial = float(np.median([c[1] for c in train_cams]))
 
-    _check_out(out, src, overwrite)
+    prepare_out(out, src, overwrite, SUMMARY, OWNED, "Cambridge scene")
     # marks the folder as this converter's before anything else is written there
     write_json(out / SUMMARY, {"converter": "datasets.cambridge", "scene": scene, "complete": False})
     db, queries, rows = {}, {}, []
@@ -343,23 +303,15 @@ def main(argv=None) -> int:
                     "(world-to-camera), images as symlinks named <seq>_<frame>.png, names.csv mapping them "
                     "back. Then: make pipeline DATASET=<out> PRESET=paper; evaluate.py prints the recall "
                     "and median errors.")
-    ap.add_argument("scene_dir", type=Path,
-                    help=f"the unzipped scene folder, e.g. path/to/KingsCollege ({', '.join(SCENES)})")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output dataset folder (default: datasets/cambridge_<scene>)")
-    ap.add_argument("--scene", default=None,
-                    help="scene name used in query paths (default: the scene folder's name)")
-    ap.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
+    add_scene_args(ap, "cambridge", "KingsCollege", SCENES)
     ap.add_argument("--nvm-size", type=_size, default=NVM_SIZE, metavar="WxH",
                     help="image resolution the NVM's focal lengths refer to (default: 1920x1080, Cambridge's)")
     ap.add_argument("--max-translation", type=float, default=MAX_TRANSLATION, metavar="M",
                     help="leave out database images whose camera translation has a component beyond M "
                          f"(outlier poses; default: {MAX_TRANSLATION:g}, DSAC*'s)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    scene = args.scene or args.scene_dir.resolve().name
-    out = args.out or Path("datasets") / f"cambridge_{scene}"
+    scene, out = scene_and_out(args, "cambridge")
     try:
         s = convert(args.scene_dir, out, link=not args.copy, scene=scene, nvm_size=args.nvm_size,
                     max_translation=args.max_translation, overwrite=args.overwrite, progress=not args.quiet)

@@ -198,6 +198,9 @@ def candidate_pose(model: "SfMModel", q_feats: dict, matches: ImageMatches, came
     return (0, None) if est is None else (int(est[1].sum()), est[0])
 
 
+RERANK_FALLBACKS = ("best", "scores")
+
+
 def agreeing(names: list[str], scores: list[int], inliers: list[int], poses: list[Pose | None], keep: int,
              radius: float, min_inliers: int) -> list[str]:
     """The candidates to pool after PnP verification, best first: ranked by their own inliers
@@ -255,7 +258,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
                    device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False,
-                   rerank_pnp: int = 0, rerank_agree: float = 5.0) -> QueryResult:
+                   rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best") -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -268,7 +271,9 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     candidate's triangulated keypoints only (a few times cheaper); the kept candidates are then
     matched in full for PnP. With `rerank_pnp` N, the N best-scored candidates with at least
     `min_inliers` correspondences are verified by their own PnP, and the kept ones are those
-    `agreeing` (within `rerank_agree` metres) with the best-verified candidate's pose.
+    `agreeing` (within `rerank_agree` metres) with the best-verified candidate's pose. When no
+    candidate reaches `min_inliers` on its own, `rerank_fallback` decides: "best" pools the
+    best-verified candidate alone, "scores" the best `rerank_keep` by score (as without PnP).
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -306,7 +311,10 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             for i in by_score:
                 if scores[i] >= min_inliers:  # fewer cannot reach the bar
                     pnp_inliers[i], poses[i] = candidate_pose(model, qf, scored[i], camera, max_error, seed)
-            retrieved = agreeing(candidates, scores, pnp_inliers, poses, rerank_keep, rerank_agree, min_inliers)
+            kept = agreeing(candidates, scores, pnp_inliers, poses, rerank_keep, rerank_agree, min_inliers)
+            # inconclusive (no candidate verified on its own): pooled matches may still find the pose
+            if rerank_fallback == "best" or pnp_inliers[candidates.index(kept[0])] >= min_inliers:
+                retrieved = kept
             t_pnp += time.time() - ta
     # reseeded after verification: localizing the kept list again without re-ranking gives this pose
     pycolmap.set_random_seed(seed)

@@ -1,6 +1,7 @@
 """What real runs meet: interruptions, bad images, hostile or broken files."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 
 from mmcrossvit.colmap_model import read_images_points2d, read_points3d
 from mmcrossvit.errors import DataError
-from mmcrossvit.features import SiftConfig, extract_features, read_features
+from mmcrossvit.features import SiftConfig, extract_features, read_features, stored_config
 from mmcrossvit.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +85,30 @@ def test_feature_extraction_survives_bad_images(tmp_path):
     assert len(read_features(out, "truncated.jpg")["keypoints"]) == n_good
     # other SIFT settings re-extract everything
     assert extract_features(d, names, out, SiftConfig(first_octave=0, peak_threshold=0.01))["extracted"] == len(names)
+
+
+def test_affine_and_dsp_sift_are_recorded_only_when_on(tmp_path):
+    """Options added later leave the record of files extracted without them unchanged (no needless
+    re-extraction); turning one on re-extracts, records it and changes the features."""
+    rng = np.random.default_rng(2)
+    d = tmp_path / "imgs"
+    name = _write(d / "a", cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.uint8), (0, 0), 2), ".jpg")
+    out = tmp_path / "f.h5"
+    extract_features(d, [name], out, SiftConfig(first_octave=0))
+    with h5py.File(out, "r") as f:
+        assert set(json.loads(f[name].attrs["config"])) == {"max_image_size", "max_num_features", "first_octave",
+                                                            "peak_threshold", "num_threads", "contrast"}
+    plain = read_features(out, name)
+    assert extract_features(d, [name], out, SiftConfig(first_octave=0))["extracted"] == 0
+    for opts in ({"affine_shape": True}, {"domain_size_pooling": True}):
+        conf = SiftConfig(first_octave=0, **opts)
+        assert extract_features(d, [name], out, conf)["extracted"] == 1
+        assert stored_config(out) == conf
+        other = read_features(out, name)
+        assert len(other["keypoints"]) > 50
+        same = len(other["keypoints"]) == len(plain["keypoints"]) and \
+            np.array_equal(other["descriptors"], plain["descriptors"])
+        assert not same, opts
 
 
 def test_exif_rotation_is_applied(tmp_path):

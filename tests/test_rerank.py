@@ -195,12 +195,27 @@ def test_pnp_verification_pools_only_candidates_that_agree_and_the_kept_list_rep
         checked += 1
     assert checked > 0  # tiny localizes few queries; those that verify are checked in full
     assert pooled_fewer > 0  # some candidates of the weak list were kept out of the pool
+    # inconclusive verification (no candidate reaches min_inliers on its own): --rerank-fallback scores
+    # pools the best --rerank-keep by score, as without PnP; conclusive queries are untouched
+    _localize(run, "rerank-fallback", pairs=pairs, rerank=10, rerank_keep=5, rerank_fallback="scores")
+    inconclusive = 0
+    for q, r in _rows(run, "rerank-fallback").items():
+        assert r["pnp_inliers"] == rows[q]["pnp_inliers"]
+        if max(r["pnp_inliers"]) < s["min_inliers"]:
+            inconclusive += 1
+            by_score = sorted(range(10), key=lambda i: -r["verification"][i])[:5]
+            assert r["retrieved"] == [r["candidates"][i] for i in by_score]
+        else:
+            assert (r["retrieved"], r["tvec"]) == (rows[q]["retrieved"], rows[q]["tvec"])
+    assert inconclusive > 0
     # the setting enters the log key: changing it re-localizes, turning it off too
     capsys.readouterr()
     _localize(run, "rerank-pnp", pairs=pairs, rerank=10, rerank_keep=5, rerank_agree=1.0)
     assert f"re-localizing {len(rows)} queries" in capsys.readouterr().out
     with pytest.raises(DataError, match="--rerank-pnp must be >= 0"):
         _localize(run, "rerank-pnp", pairs=pairs, rerank=10, rerank_keep=5, rerank_pnp=-1)
+    with pytest.raises(DataError, match="--rerank-fallback must be one of best, scores"):
+        _localize(run, "rerank-pnp", pairs=pairs, rerank=10, rerank_keep=5, rerank_fallback="all")
 
 
 def test_rerank_off_keys_are_unchanged_by_rerank_keep(weak, capsys):
@@ -226,6 +241,7 @@ def test_a_pairs_file_shallower_than_rerank_is_an_error_naming_it(weak):
 def test_rerank_is_a_flag_with_help_and_a_preset_value(tmp_path):
     text = cli.parser(localize).format_help()
     assert "--rerank " in text and "--rerank-keep" in text and "--rerank-pnp" in text and "--rerank-agree" in text
+    assert "--rerank-fallback" in text
     _, cfg = cli.parse(localize, ["--dataset", str(tmp_path), "--preset", "demo"])
     demo = presets.PRESETS["demo"]["localize"]
     assert (cfg.rerank, cfg.rerank_keep) == (demo["rerank"], demo["rerank_keep"]) and cfg.rerank > cfg.rerank_keep

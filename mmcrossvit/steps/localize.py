@@ -46,7 +46,7 @@ from .. import records
 from ..features import FeatureStore, extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
-from ..localization import SfMModel, localize_query, ransac_threshold
+from ..localization import RERANK_FALLBACKS, SfMModel, localize_query, ransac_threshold
 from ..parallel import ordered_map, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import write_json
@@ -82,6 +82,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank-agree", type=float, default=S,
                    help="metres between a verified candidate's camera centre and the best one's for it to be "
                         "pooled (the benchmark's coarsest threshold is 5 m); used only with --rerank-pnp")
+    g.add_argument("--rerank-fallback", choices=RERANK_FALLBACKS, default=S,
+                   help="when no verified candidate reaches --min-inliers on its own: pool the best-verified "
+                        "one alone (best) or the best --rerank-keep by score, as without --rerank-pnp (scores); "
+                        "used only with --rerank-pnp")
     g.add_argument("--ratio", type=float, default=S, help="Lowe's ratio test threshold")
     g.add_argument("--ransac-max-error", type=float, default=S,
                    help="RANSAC inlier threshold in pixels (at a longer image side of --ransac-ref-size)")
@@ -133,6 +137,8 @@ def check(run: RunLayout, cfg) -> None:
     if (getattr(cfg, "rerank_pnp", 0) or 0) < 0 or (getattr(cfg, "rerank_pnp", 0) and not cfg.rerank_agree > 0):
         raise DataError(None, f"--rerank-pnp must be >= 0 (0: off) and --rerank-agree > 0 metres, got "
                               f"{cfg.rerank_pnp} and {cfg.rerank_agree}")
+    if getattr(cfg, "rerank_fallback", "best") not in RERANK_FALLBACKS:
+        raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, got {cfg.rerank_fallback!r}")
     if rerank and cfg.num_retrieved is not None:
         raise DataError(None, "--num-retrieved truncates the pairs without re-ranking; with --rerank N the first N "
                               "candidates are verified and --rerank-keep of them kept: leave --num-retrieved unset")
@@ -187,11 +193,11 @@ def _localize_init(model: SfMModel, features: Path, opts: tuple):
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
     model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points,
-                      rerank_pnp, rerank_agree) = state
+                      rerank_pnp, rerank_agree, rerank_fallback) = state
     q, camera, cands, threshold = job
     r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
                        rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points,
-                       rerank_pnp=rerank_pnp, rerank_agree=rerank_agree)
+                       rerank_pnp=rerank_pnp, rerank_agree=rerank_agree, rerank_fallback=rerank_fallback)
     return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
 
 
@@ -242,6 +248,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             settings.update(rerank_points=True)
         if cfg.rerank_pnp:  # likewise: rows re-ranked without PnP verification keep their keys
             settings.update(rerank_pnp=cfg.rerank_pnp, rerank_agree=cfg.rerank_agree)
+            if cfg.rerank_fallback != "best":  # likewise: rows verified before the option existed keep their keys
+                settings.update(rerank_fallback=cfg.rerank_fallback)
     if cfg.min_coverage:  # likewise: rows localized without the coverage rule keep their keys
         settings.update(min_coverage=cfg.min_coverage)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
@@ -264,7 +272,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         jobs = [(q, queries[q].camera, cands[q],
                  ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
         opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
-                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree)
+                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree,
+                cfg.rerank_fallback)
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],

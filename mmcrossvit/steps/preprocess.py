@@ -47,6 +47,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--contrast", choices=["none", "clahe"], default=S,
                    help="contrast normalisation of every image before SIFT (clahe: local histogram "
                         "equalisation, for day-night robustness)")
+    g.add_argument("--affine-shape", action=argparse.BooleanOptionalAction, default=S,
+                   help="affine-adapted SIFT regions, for oblique views (COLMAP's estimate_affine_shape; "
+                        "runs on the CPU)")
+    g.add_argument("--domain-size-pooling", action=argparse.BooleanOptionalAction, default=S,
+                   help="DSP-SIFT descriptors pooled over several region sizes (runs on the CPU)")
     g = p.add_argument_group("matching and SfM")
     g.add_argument("--pairs", choices=["poses", "exhaustive"], default=S,
                    help="database pairs: nearest cameras by position and direction, or all pairs")
@@ -98,7 +103,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
 
     # 1. features
     conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold,
-                      contrast=cfg.contrast)
+                      contrast=cfg.contrast, affine_shape=cfg.affine_shape,
+                      domain_size_pooling=cfg.domain_size_pooling)
     names = db_names + sorted(ds.queries)
     feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite,
                                     workers=cfg.workers, device=cfg.device)
