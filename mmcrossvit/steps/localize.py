@@ -17,7 +17,9 @@ twice; with --rerank-points, every preset's default, the scores come from matche
 candidate's triangulated keypoints alone and the kept ones are matched in full). With
 --rerank-pnp M (every preset's default: 30), the M best-scored candidates are verified by a PnP
 of their own, and only those whose camera lies within --rerank-agree metres of the best-verified
-one's are pooled: images of a repeated facade or of another street stay out of the pose.
+one's are pooled: images of a repeated facade or of another street stay out of the pose. When
+no candidate verifies on its own, --rerank-fallback pools the best-verified one alone (best) or the
+best --rerank-keep by score (scores).
 Its candidates come from a pairs file as deep as N: by default the pairs step's full ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
 --num-retrieved), or any hloc-format file given with --pairs; a file shallower than N is an error
 naming it. The log row then lists the candidates, their scores, and as `retrieved` the kept
@@ -138,7 +140,8 @@ def check(run: RunLayout, cfg) -> None:
         raise DataError(None, f"--rerank-pnp must be >= 0 (0: off) and --rerank-agree > 0 metres, got "
                               f"{cfg.rerank_pnp} and {cfg.rerank_agree}")
     if getattr(cfg, "rerank_fallback", "best") not in RERANK_FALLBACKS:
-        raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, got {cfg.rerank_fallback!r}")
+        raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, "
+                              f"got {cfg.rerank_fallback!r}")
     if rerank and cfg.num_retrieved is not None:
         raise DataError(None, "--num-retrieved truncates the pairs without re-ranking; with --rerank N the first N "
                               "candidates are verified and --rerank-keep of them kept: leave --num-retrieved unset")
