@@ -17,37 +17,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
-from mmcrossvit.diagnosis import localization_settings  # noqa: E402
+from mmcrossvit.diagnosis import localization_settings, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.localization import SfMModel, inlier_coverage, localize_query, ransac_threshold  # noqa: E402
+from mmcrossvit.localization import SfMModel, inlier_coverage  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 
 
 def coverages(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) -> list[dict]:
-    """`s`: the run's recorded localization settings (diagnosis.localization_settings)."""
-    """Each log row with its pose, and for localized ones the inliers' coverage and true error."""
+    """Each log row with its pose, and for localized ones the inliers' coverage and true error.
+    `s`: the run's recorded localization settings (diagnosis.localization_settings)."""
+    replayed = {r["query"]: res for r, res, _ in replay_accepted(ds, model, run.features, s, log)}
     rows = []
     for line in open(log):
         r = json.loads(line)
         q = ds.queries[r["query"]]
         row = {"query": r["query"], "condition": q.condition, "success": r["success"],
                "pose": Pose.from_qt(r["qvec"], r["tvec"]), "retrieved": r["retrieved"]}
-        # a run made with the rule on logged the poses it rejected as failures: replayed without it
-        rejected = not r["success"] and s["min_coverage"] > 0 and r["inliers"] >= s["min_inliers"]
-        if r["success"] or rejected:
-            thr = ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"])
-            res = localize_query(r["query"], q.camera, r["retrieved"], model, run.features, s["ratio"], thr,
-                                 s["covisibility"], s["min_inliers"], s["seed"])
-            if res.num_inliers != r["inliers"] or not res.success:
-                raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
-                                 f"logged {r['inliers']}); run localize.py again")
+        res = replayed.get(r["query"])
+        if res is not None:  # a run made with the rule on logged the poses it rejected as failures
             row.update(success=True, pose=res.pose)
-            mask = [bool(x) for x in res.inliers]
-            row["coverage"] = inlier_coverage(res.points2d[mask], q.camera)
+            row["coverage"] = inlier_coverage(res.points2d[np.asarray(res.inliers, bool)], q.camera)
             dt, dr = pose_error(row["pose"], ds.gt_poses[r["query"]])
             m, deg = THRESHOLDS[-1]
             row["wrong"] = bool(dt > m or dr > deg)

@@ -185,3 +185,25 @@ def summarise(rows: list[dict]) -> dict:
             if group:
                 medians[c][k] = {col: _median(r.get(col) for r in group) for col in NUMERIC}
     return {"kinds": list(KINDS), "counts": counts, "medians": medians}
+
+
+def replay_accepted(ds, model: SfMModel, features: Path, settings: dict, log: Path):
+    """Every query of a localization log that was accepted, or that a run made with the coverage
+    rule on rejected by that rule alone, localized again without the rule (the same hypothesis):
+    yields (log row, QueryResult, rejected by the rule). A row that does not reproduce is an error
+    naming the log: the features or the model changed since the run."""
+    import json
+    s = settings
+    for line in open(log):
+        r = json.loads(line)
+        rejected = not r["success"] and s.get("min_coverage", 0.0) > 0 and r["inliers"] >= s["min_inliers"]
+        if not (r["success"] or rejected):
+            continue
+        q = ds.queries[r["query"]]
+        res = localize_query(r["query"], q.camera, r["retrieved"], model, features, s["ratio"],
+                             ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"]),
+                             s["covisibility"], s["min_inliers"], s["seed"])
+        if res.num_inliers != r["inliers"] or not res.success:
+            raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
+                             f"logged {r['inliers']}); run localize.py again")
+        yield r, res, rejected

@@ -253,6 +253,33 @@ def inlier_coverage(points2d: np.ndarray, camera: CameraSpec) -> float:
     return float(cv2.contourArea(hull)) / (camera.width * camera.height)
 
 
+def pose_uncertainty(points3d: np.ndarray, pose: Pose, camera: CameraSpec, sigma_px: float = 1.0
+                     ) -> tuple[float, float]:
+    """How well the inliers constrain the pose: the 1-sigma error of the camera centre (metres) and
+    of its rotation (degrees) under `sigma_px` pixels of keypoint noise, from the reprojection
+    Jacobian (pinhole part; central differences). inf when the inliers leave it unconstrained."""
+    from scipy.spatial.transform import Rotation
+    K = camera.K
+    X = np.asarray(points3d, np.float64)
+
+    def project(p):
+        R = Rotation.from_rotvec(p[:3]).as_matrix() @ pose.R
+        Xc = (X - p[3:]) @ R.T
+        return (Xc[:, :2] / Xc[:, 2:3] * [K[0, 0], K[1, 1]]).ravel()
+
+    p0 = np.concatenate([np.zeros(3), pose.center])
+    J = np.empty((2 * len(X), 6))
+    for k in range(6):
+        d = np.zeros(6)
+        d[k] = 1e-6
+        J[:, k] = (project(p0 + d) - project(p0 - d)) / 2e-6
+    info = J.T @ J
+    if len(X) < 3 or np.linalg.cond(info) > 1e15:
+        return float("inf"), float("inf")
+    cov = np.linalg.inv(info) * sigma_px ** 2
+    return float(np.sqrt(np.trace(cov[3:, 3:]))), float(np.degrees(np.sqrt(np.trace(cov[:3, :3]))))
+
+
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel,
                    features: Path | FeatureStore,
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,

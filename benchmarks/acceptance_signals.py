@@ -1,0 +1,114 @@
+"""Which statistic of an accepted pose tells a wrong pose from a right one, on a run's own logs.
+
+    python benchmarks/acceptance_signals.py --dataset datasets/demo --preset demo
+
+Every query a localization log (student retrieval and, if present, the oracle's) accepted, or
+rejected by the coverage rule alone, is localized again from the same retrieved images
+(`diagnosis.replay_accepted`) and each signal of its pose is computed:
+
+    inliers              PnP inliers (localize.py --min-inliers thresholds it)
+    inlier ratio         inliers / pooled 2D-3D correspondences
+    coverage             image fraction inside the inliers' convex hull (--min-inlier-coverage)
+    centre sigma m       1-sigma camera-centre error from the inliers at 1 px noise
+    rotation sigma deg   the same for the rotation (localization.pose_uncertainty)
+    verified candidates  candidates whose own PnP reached --min-inliers (runs with --rerank-pnp)
+
+A pose is wrong beyond (5 m, 10°). Per signal: the wrong poses' values, the cut that rejects
+all of them, the correct poses that cut loses, and the AUC (the chance that a random correct
+pose scores better than a random wrong one; 1 separates them fully). Writes
+<results>/acceptance_signals_<name>.{md,json}.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+
+from mmcrossvit.diagnosis import localization_settings, replay_accepted  # noqa: E402
+from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
+from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.localization import SfMModel, inlier_coverage, pose_uncertainty  # noqa: E402
+from mmcrossvit.paths import RunLayout  # noqa: E402
+
+# name -> True when a higher value means a more trustworthy pose
+SIGNALS = {"inliers": True, "inlier ratio": True, "coverage": True, "centre sigma m": False,
+           "rotation sigma deg": False, "verified candidates": True}
+
+
+def signals(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) -> list[dict]:
+    rows = []
+    for r, res, rejected in replay_accepted(ds, model, run.features, s, log):
+        q = ds.queries[r["query"]]
+        mask = np.asarray(res.inliers, bool)
+        dt, dr = pose_error(res.pose, ds.gt_poses[r["query"]])
+        sc, sr = pose_uncertainty(res.points3d[mask], res.pose, q.camera)
+        pnp = r.get("pnp_inliers")
+        m, deg = THRESHOLDS[-1]
+        rows.append({"query": r["query"], "condition": q.condition, "rejected_by_rule": rejected,
+                     "error_m": dt, "error_deg": dr, "wrong": bool(dt > m or dr > deg),
+                     "inliers": int(mask.sum()), "inlier ratio": float(mask.mean()),
+                     "coverage": inlier_coverage(res.points2d[mask], q.camera),
+                     "centre sigma m": sc, "rotation sigma deg": sr,
+                     "verified candidates": None if pnp is None else sum(x >= s["min_inliers"] for x in pnp)})
+    return rows
+
+
+def separation(rows: list[dict], signal: str, higher: bool) -> dict | None:
+    """The cut that rejects every wrong pose on `signal`, what it costs, and the AUC."""
+    vals = [(r[signal] if higher else -r[signal], r["wrong"]) for r in rows if r[signal] is not None]
+    wrong = np.array([v for v, w in vals if w], float)
+    right = np.array([v for v, w in vals if not w], float)
+    if not len(vals):
+        return None
+    cut = wrong.max() if len(wrong) else -np.inf  # a pose passes when its value is above the cut
+    auc = None
+    if len(wrong) and len(right):
+        auc = float(((right[:, None] > wrong[None]).sum() + 0.5 * (right[:, None] == wrong[None]).sum())
+                    / (len(right) * len(wrong)))
+    sign = 1 if higher else -1
+    return {"wrong_values": sorted(float(sign * v) for v in wrong),
+            "cut": None if not len(wrong) else float(sign * cut),
+            "correct_lost": int((right <= cut).sum()), "correct": int(len(right)), "auc": auc}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def main(argv=None):
+    args = run_parser(__doc__).parse_args(argv)
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    ds = Dataset(run.dataset)
+    seed = getattr(args, "seed", None)  # used only where the run recorded no settings
+    model = SfMModel.load(run.sfm)
+    result = {"machine": machine_info(), "runs": {}}
+    md = [f"# Acceptance signals on `{run.name}` ({args.preset} preset)", "",
+          f"`python benchmarks/acceptance_signals.py --dataset {args.dataset} --preset {args.preset}"
+          f"{f' --name {run.name}' if args.name else ''}{f' --seed {seed}' if seed is not None else ''}`", "",
+          "Accepted poses (and those the coverage rule alone rejected), localized again. Wrong: beyond (5 m, 10°). "
+          "Cut: the value at or past which every wrong pose is rejected (≤ for inliers, ratio, coverage and "
+          "verified candidates; ≥ for the sigmas); lost: correct poses that cut rejects too. AUC: the chance "
+          "that a correct pose scores better than a wrong one.", ""]
+    for label, tag in (("student", ""), ("oracle", "oracle")):
+        log = run.localization_log(tag)
+        if not log.exists():
+            continue
+        rows = signals(run, ds, model, localization_settings(run, tag, args.preset, seed)[0], log)
+        seps = {k: separation(rows, k, hi) for k, hi in SIGNALS.items()}
+        result["runs"][label] = {"log": str(log), "poses": rows, "separation": seps}
+        n_wrong = sum(r["wrong"] for r in rows)
+        table = [[k, ", ".join(_fmt(v) for v in sep["wrong_values"]), _fmt(sep["cut"]),
+                  f"{sep['correct_lost']} of {sep['correct']}", _fmt(sep["auc"])]
+                 for k, sep in seps.items() if sep is not None]
+        md += [f"## {label} retrieval ({log})", "",
+               f"{len(rows)} poses, {n_wrong} wrong: "
+               + (", ".join(f"{Path(r['query']).name} {r['error_m']:.0f} m / {r['error_deg']:.0f}°"
+                            for r in rows if r["wrong"]) or "none") + ".", "",
+               markdown_table(["signal", "wrong poses' values", "cut", "correct lost", "AUC"], table), ""]
+    finish(str(Path(args.results) / f"acceptance_signals_{run.name}"), md, result)
+
+
+if __name__ == "__main__":
+    main()
