@@ -26,7 +26,7 @@ import numpy as np
 
 from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
-from mmcrossvit.diagnosis import localization_settings, replay_accepted  # noqa: E402
+from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
 from mmcrossvit.localization import SfMModel, inlier_coverage, pose_uncertainty  # noqa: E402
@@ -91,11 +91,8 @@ def main(argv=None):
           "Cut: the value at or past which every wrong pose is rejected (≤ for inliers, ratio, coverage and "
           "verified candidates; ≥ for the sigmas); lost: correct poses that cut rejects too. AUC: the chance "
           "that a correct pose scores better than a wrong one.", ""]
-    for label, tag in (("student", ""), ("oracle", "oracle")):
-        log = run.localization_log(tag)
-        if not log.exists():
-            continue
-        rows = signals(run, ds, model, localization_settings(run, tag, args.preset, seed)[0], log)
+    for label, log, settings in localization_logs(run, args.preset, seed):
+        rows = signals(run, ds, model, settings, log)
         seps = {k: separation(rows, k, hi) for k, hi in SIGNALS.items()}
         result["runs"][label] = {"log": str(log), "poses": rows, "separation": seps}
         n_wrong = sum(r["wrong"] for r in rows)

@@ -21,7 +21,7 @@ import numpy as np
 
 from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
-from mmcrossvit.diagnosis import localization_settings, replay_accepted  # noqa: E402
+from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
@@ -83,11 +83,8 @@ def main(argv=None):
           "below the threshold becomes a failure (the top retrieved image's pose). Wrong accepted: localized but "
           "beyond (5 m, 10°); correct lost: within it but rejected. Recall: day / night % at (0.25 m, 2°) / "
           "(0.5 m, 5°) / (5 m, 10°).", ""]
-    for label, tag in (("student", ""), ("oracle", "oracle")):
-        log = run.localization_log(tag)
-        if not log.exists():
-            continue
-        rows = coverages(run, ds, model, localization_settings(run, tag, args.preset, seed)[0], log)
+    for label, log, settings in localization_logs(run, args.preset, seed):
+        rows = coverages(run, ds, model, settings, log)
         res = [at_threshold(rows, t, model, ds) for t in args.thresholds]
         wrong = sorted(round(r["coverage"], 3) for r in rows if r["success"] and r["wrong"])
         right = sorted(round(r["coverage"], 3) for r in rows if r["success"] and not r["wrong"])

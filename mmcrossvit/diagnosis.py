@@ -207,3 +207,12 @@ def replay_accepted(ds, model: SfMModel, features: Path, settings: dict, log: Pa
             raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
                              f"logged {r['inliers']}); run localize.py again")
         yield r, res, rejected
+
+
+def localization_logs(run, preset: str, seed: int | None):
+    """The run's localization logs that exist, student retrieval first, then the oracle's: yields
+    (label, log path, the settings it ran with) for the benchmarks that replay them."""
+    for label, tag in (("student", ""), ("oracle", "oracle")):
+        log = run.localization_log(tag)
+        if log.exists():
+            yield label, log, localization_settings(run, tag, preset, seed)[0]
