@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
@@ -79,14 +79,10 @@ def _fmt(v) -> str:
 
 def main(argv=None):
     args = run_parser(__doc__).parse_args(argv)
-    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
-    ds = Dataset(run.dataset)
-    seed = getattr(args, "seed", None)  # used only where the run recorded no settings
-    model = SfMModel.load(run.sfm)
+    run, ds, model, seed = open_replay(args)
     result = {"machine": machine_info(), "runs": {}}
     md = [f"# Acceptance signals on `{run.name}` ({args.preset} preset)", "",
-          f"`python benchmarks/acceptance_signals.py --dataset {args.dataset} --preset {args.preset}"
-          f"{f' --name {run.name}' if args.name else ''}{f' --seed {seed}' if seed is not None else ''}`", "",
+          replay_command("acceptance_signals.py", args, run, seed), "",
           "Accepted poses (and those the coverage rule alone rejected), localized again. Wrong: beyond (5 m, 10°). "
           "Cut: the value at or past which every wrong pose is rejected (≤ for inliers, ratio, coverage and "
           "verified candidates; ≥ for the sigmas); lost: correct poses that cut rejects too. AUC: the chance "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
@@ -70,15 +70,10 @@ def main(argv=None):
     p = run_parser(__doc__)
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     args = p.parse_args(argv)
-    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
-    ds = Dataset(run.dataset)
-    seed = getattr(args, "seed", None)  # used only where the run recorded no settings
-    model = SfMModel.load(run.sfm)
+    run, ds, model, seed = open_replay(args)
     result = {"machine": machine_info(), "runs": {}}
     md = [f"# Inlier coverage on `{run.name}` ({args.preset} preset)", "",
-          f"`python benchmarks/inlier_coverage.py --dataset {args.dataset} --preset {args.preset} "
-          f"{f'--name {run.name} ' if args.name else ''}{f'--seed {seed} ' if seed is not None else ''}--thresholds "
-          f"{' '.join(map(str, args.thresholds))}`", "",
+          replay_command("inlier_coverage.py", args, run, seed, f" --thresholds {' '.join(map(str, args.thresholds))}"), "",
           "Coverage: the fraction of the query image inside the convex hull of the PnP inliers. A localized query "
           "below the threshold becomes a failure (the top retrieved image's pose). Wrong accepted: localized but "
           "beyond (5 m, 10°); correct lost: within it but rejected. Recall: day / night % at (0.25 m, 2°) / "

@@ -80,3 +80,19 @@ def finish(stem: str, md: list[str], result: dict) -> dict:
     print(text)
     write_report(stem, text, result)
     return result
+
+
+def open_replay(args):
+    """What the benchmarks replaying a run's localization logs open first: the run, its dataset,
+    its SfM model, and --seed (used only where the run recorded no settings)."""
+    from mmcrossvit.layout import Dataset
+    from mmcrossvit.localization import SfMModel
+    from mmcrossvit.paths import RunLayout
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    return run, Dataset(run.dataset), SfMModel.load(run.sfm), getattr(args, "seed", None)
+
+
+def replay_command(script: str, args, run, seed, extra: str = "") -> str:
+    """The command line that reproduces such a benchmark's report."""
+    return (f"`python benchmarks/{script} --dataset {args.dataset} --preset {args.preset}"
+            f"{f' --name {run.name}' if args.name else ''}{f' --seed {seed}' if seed is not None else ''}{extra}`")
