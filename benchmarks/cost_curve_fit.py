@@ -21,13 +21,9 @@ WORSE_THAN_LINEAR = 1.3
 
 # Where a step's time or memory grows faster than the number of images, from reading the code
 # (not measured here unless the exponent shows it): what, where, and its bytes / operations per n.
+# preprocess's pairs_from_poses left this list when a k-d tree replaced its dense n x n matrix
+# (61 n^2 bytes; benchmarks/results/scale_pairs.md)
 SUPERLINEAR = [
-    ("preprocess", "mmcrossvit/sfm.py pairs_from_poses",
-     "dense n x n camera-distance matrix (C[:, None] - C[None] is n x n x 3 float64, squared, the norm, "
-     "the n x n cosines, clip, argsort int64): O(n^2) memory and O(n^2 log n) time (on synthetic poses at "
-     "n = 4,328: 1.15 GB above the process, 8 s on a busy 2-core machine, i.e. 61 n^2 bytes); a k-d tree "
-     "or a chunked top-k would be O(n k)",
-     lambda n: 61.0 * n * n),
     ("teacher", "mmcrossvit/train/validation.py retrieval",
      "torch.cdist of the held-out fold (n/5) against all n images, clean and night: O(n^2) time, "
      "0.2 n^2 float32 per call (not chunked); train/negatives.py sample_negatives also makes a dense "
@@ -43,9 +39,9 @@ SUPERLINEAR = [
      "rows against all n at a time (4096 x n float32)",
      lambda n: 4096.0 * n * 4.0),
     ("evaluate", "mmcrossvit/evaluation.py gt_covisibility",
-     "for every query, np.isin of every database image's 3D points against the points visible from the "
-     "true pose, and a projection of all 3D points: O(queries x observations) = O(n^2) time with "
-     "queries in proportion to n",
+     "for every query, a projection of all 3D points (visible_points' z-buffer): O(queries x points) = "
+     "O(n^2) time with queries in proportion to n; the counting per database image is O(points seen x "
+     "track length) since observations are grouped by point (it was O(queries x observations))",
      lambda n: 0.0),
 ]
 

@@ -34,6 +34,8 @@ from mmcrossvit.storage import atomic_path, read_json, write_text  # noqa: E402
 SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficiency.py"),
             ("Throughput", "throughput.md", "python benchmarks/throughput.py"),
             ("Pipeline scale", "scale.md", "python benchmarks/scale.py --log outputs/demo/localization_log.jsonl"),
+            ("Database pairs from known poses at Aachen's size and at 100k", "scale_pairs.md",
+             "python benchmarks/scale.py --cases pairs --out benchmarks/results/scale_pairs"),
             ("Pipeline cost curve (time, memory and disk of every step against the database size)", "cost_curve.md",
              "python benchmarks/cost_curve.py --sizes 100 300 1000"),
             ("Ablation (demo, held-out fold)", "ablation.md", "python benchmarks/ablation.py --dataset datasets/demo"),

@@ -6,6 +6,8 @@
   points and extrapolated linearly;
 * retrieval: exact top-k inner-product search (mmcrossvit.retrieval.topk) of the queries against
   database descriptors, at Aachen's size and at 100k;
+* database pairs from known poses (mmcrossvit.sfm.pairs_from_poses: a k-d tree) on synthetic
+  cameras at Aachen's size and at 100k, against the dense n x n distance matrix it replaced;
 * per-query localization time split into features / matching / PnP, read from a
   localization_log.jsonl written by localize.py;
 * training throughput (samples/s) of teacher and student: timed optimiser steps on random tensors.
@@ -36,7 +38,7 @@ import numpy as np
 from memory import memory_after, memory_before
 from report import finish, machine_info, markdown_table, parser
 
-CASES = ("db", "retrieval", "localization", "training")
+CASES = ("db", "retrieval", "pairs", "localization", "training")
 
 
 def parse_args(argv=None):
@@ -58,6 +60,12 @@ def parse_args(argv=None):
     g.add_argument("--dim", type=int, default=1000, help="descriptor dimension (float32)")
     g.add_argument("--k", type=int, default=50, help="neighbours retrieved per query")
     g.add_argument("--runs", type=int, default=3, help="timed searches; the median is reported")
+    g = p.add_argument_group("database pairs from poses")
+    g.add_argument("--pair-sizes", type=int, nargs="+", default=[4328, 100_000], help="database cameras")
+    g.add_argument("--dense-max", type=int, default=4328,
+                   help="largest size the dense baseline runs at (its memory is ~61 n^2 bytes)")
+    g.add_argument("--num-pairs", type=int, default=20, help="pairs per image (preprocessing.py --num-pairs)")
+    g.add_argument("--max-pair-angle", type=float, default=60.0, help="preprocessing.py --max-pair-angle")
     g = p.add_argument_group("localization")
     g.add_argument("--log", default=None, help="outputs/<name>/localization_log.jsonl to summarise (skipped if absent)")
     g = p.add_argument_group("training")
@@ -193,6 +201,49 @@ def case_retrieval(args, n_db: int) -> dict:
             "memory": mem}
 
 
+def synthetic_cameras(n: int, seed: int) -> dict:
+    """n cameras at the demo's density (about 30 m of street per 10 images), random headings."""
+    from mmcrossvit.geometry import Pose
+    rng = np.random.default_rng(seed)
+    side = 30.0 * np.sqrt(n / 10)
+    out = {}
+    for i in range(n):
+        c = np.array([*rng.uniform(0, side, 2), rng.uniform(1.4, 1.8)])
+        yaw = rng.uniform(0, 2 * np.pi)
+        z = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+        x = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
+        R = np.stack([x, np.cross(z, x), z])
+        out[f"db/{i:06d}.jpg"] = Pose(R, -R @ c)
+    return out
+
+
+def dense_pairs(poses: dict, num: int, max_angle: float) -> list:
+    """The replaced method: the whole n x n distance matrix, masked by angle, argsorted."""
+    names = sorted(poses)
+    C = np.stack([poses[n].center for n in names])
+    D = np.stack([poses[n].viewing_direction for n in names])
+    dist = np.linalg.norm(C[:, None] - C[None], axis=-1)
+    dist[np.clip(D @ D.T, -1, 1) < np.cos(np.radians(max_angle))] = np.inf
+    np.fill_diagonal(dist, np.inf)
+    idx = np.argsort(dist, axis=1, kind="stable")[:, :min(num, len(names) - 1)]
+    return sorted({(names[min(i, j)], names[max(i, j)]) for i, row in enumerate(idx) for j in row
+                   if np.isfinite(dist[i, j])})
+
+
+def case_pairs(args, n: int, method: str) -> dict:
+    from mmcrossvit.sfm import pairs_from_poses
+    poses = synthetic_cameras(n, args.seed)
+    mem = memory_before()
+    t0 = time.perf_counter()
+    fn = pairs_from_poses if method == "kdtree" else dense_pairs
+    pairs = fn(poses, args.num_pairs, args.max_pair_angle)
+    t = time.perf_counter() - t0
+    mem = memory_after(mem)
+    import hashlib
+    digest = hashlib.sha256("\n".join(f"{a} {b}" for a, b in pairs).encode()).hexdigest()[:16]
+    return {"cameras": n, "method": method, "seconds": t, "pairs": len(pairs), "sha256": digest, "memory": mem}
+
+
 def case_training(args, arch: str, size: int) -> dict:
     import torch
 
@@ -245,6 +296,8 @@ def run_case(args) -> dict:
         return case_db_loop(args, work)
     if kind == "retrieval":
         return case_retrieval(args, int(rest[0]))
+    if kind == "pairs":
+        return case_pairs(args, int(rest[0]), rest[1])
     if kind == "training":
         return case_training(args, rest[0], int(rest[1]))
     raise ValueError(f"unknown case {args.case!r}")
@@ -346,6 +399,24 @@ def main(argv=None) -> dict:
             md += ["## Retrieval (exact inner-product top-k, mmcrossvit.retrieval.topk, float32)", "",
                    markdown_table(["queries x database", "dim", "k", "time (s, median)", "ms / query",
                                    "bytes / descriptor", "database (MB)", "search peak above start (MB)"], rows), ""]
+
+        if "pairs" in args.cases:
+            rows, res = [], []
+            for n in args.pair_sizes:
+                for method in ("kdtree", "dense") if n <= args.dense_max else ("kdtree",):
+                    r = spawn(argv, f"pairs:{n}:{method}", work, args.threads)
+                    res.append(r)
+                    m = r["memory"]
+                    rows.append([f"{n:,}", "k-d tree (pairs_from_poses)" if method == "kdtree" else "dense n x n (replaced)",
+                                 f"{r['seconds']:.2f}", f"{m['peak_above_start_mb']:.0f}" + ("" if m["new_peak"] else
+                                                                                        " (upper bound)"),
+                                 f"{r['pairs']:,}", r["sha256"]])
+            result["pairs"] = res
+            md += ["## Database pairs from known poses (preprocessing.py --pairs poses)", "",
+                   f"Synthetic cameras at the demo's density with random headings; the {args.num_pairs} nearest "
+                   f"within {args.max_pair_angle:g}° of each. Equal hashes: the same pairs.", "",
+                   markdown_table(["cameras", "method", "time (s)", "peak above start (MB)", "pairs",
+                                   "sha256 of the pairs"], rows), ""]
 
         if "localization" in args.cases:
             path = Path(args.log) if args.log else None

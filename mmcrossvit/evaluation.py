@@ -141,16 +141,30 @@ def format_retrieval(rows: dict[str, dict]) -> str:
 def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
     """For each query with a true pose: how many of the 3D points visible from that pose each
     database image in `db_names` observes (the ground truth of retrieval)."""
+    # observations grouped by 3D point (rows of model.xyz), once: a query then counts the
+    # observations of the points it sees, not every image's, so it costs O(points seen x track)
+    img, pts = [], []
+    for j, n in enumerate(db_names):
+        if n in model.point3d_ids:
+            ids = model.point3d_ids[n]
+            p = model.point_index(ids[ids >= 0])
+            img.append(np.full(len(p), j, np.int64))
+            pts.append(p)
+    img = np.concatenate(img) if img else np.zeros(0, np.int64)
+    pts = np.concatenate(pts) if pts else np.zeros(0, np.int64)
+    order = np.argsort(pts, kind="stable")
+    img = img[order]
+    start = np.searchsorted(pts[order], np.arange(len(model.xyz) + 1))
     out = {}
-    # each image's observations as rows of model.xyz, once: a boolean mask per query then counts them
-    rows = {n: model.point_index(model.point3d_ids[n][model.point3d_ids[n] >= 0])
-            for n in db_names if n in model.point3d_ids}
     for q, query in ds.queries.items():
         if ds.gt_poses is None or q not in ds.gt_poses:
             continue
-        seen = np.zeros(len(model.xyz), bool)
-        seen[visible_points(query.camera, ds.gt_poses[q], model.xyz)] = True
-        out[q] = np.array([int(seen[rows[n]].sum()) if n in rows else 0 for n in db_names], dtype=np.int64)
+        vis = visible_points(query.camera, ds.gt_poses[q], model.xyz)
+        lo, hi = start[vis], start[vis + 1]
+        # the observation rows of every visible point: lo..hi-1 for each, concatenated
+        lens = hi - lo
+        sel = np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        out[q] = np.bincount(img[sel], minlength=len(db_names)).astype(np.int64)
     return out
 
 
