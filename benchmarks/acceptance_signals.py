@@ -3,7 +3,7 @@
     python benchmarks/acceptance_signals.py --dataset datasets/demo --preset demo
 
 Every query a localization log (student retrieval and, if present, the oracle's) accepted, or
-rejected by the coverage rule alone, is localized again from the same retrieved images
+rejected by an acceptance rule alone, is localized again from the same retrieved images
 (`diagnosis.replay_accepted`) and each signal of its pose is computed:
 
     inliers              PnP inliers (localize.py --min-inliers thresholds it)
@@ -12,6 +12,10 @@ rejected by the coverage rule alone, is localized again from the same retrieved 
     centre sigma m       1-sigma camera-centre error from the inliers at 1 px noise
     rotation sigma deg   the same for the rotation (localization.pose_uncertainty)
     verified candidates  candidates whose own PnP reached --min-inliers (runs with --rerank-pnp)
+    rival ratio          the place ratio test (localize.py --max-rival-ratio): the most own-PnP inliers
+                         of a candidate whose own pose lies over --rerank-agree metres from the accepted
+                         pose, over the most of one within it, or 1 (candidates: the re-ranking's if
+                         logged, else the retrieved images)
 
 A pose is wrong beyond (5 m, 10°). Per signal: the wrong poses' values, the cut that rejects
 all of them, the correct poses that cut loses, and the AUC (the chance that a random correct
@@ -29,16 +33,33 @@ from report import finish, machine_info, markdown_table, open_replay, replay_com
 from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.localization import SfMModel, inlier_coverage, pose_uncertainty  # noqa: E402
+from mmcrossvit.features import FeatureStore, read_features  # noqa: E402
+from mmcrossvit.localization import (SfMModel, candidate_pose, inlier_coverage, match_image,  # noqa: E402
+                                     pose_uncertainty, ransac_threshold, rival_ratio)
 from mmcrossvit.paths import RunLayout  # noqa: E402
 
 # name -> True when a higher value means a more trustworthy pose
 SIGNALS = {"inliers": True, "inlier ratio": True, "coverage": True, "centre sigma m": False,
-           "rotation sigma deg": False, "verified candidates": True}
+           "rotation sigma deg": False, "verified candidates": True, "rival ratio": False}
+
+
+def own_rival_ratio(model: SfMModel, store: FeatureStore, s: dict, r: dict, q, pose) -> float:
+    """`localization.rival_ratio` of `pose` as localize.py --max-rival-ratio computes it: every
+    candidate's own PnP on the matches re-ranking scored it with (or its full matches without
+    re-ranking); the log's value when the run had the test on."""
+    if r.get("rival_ratio") is not None:
+        return r["rival_ratio"]
+    qf = read_features(store.path, r["query"])
+    thr = ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"])
+    points_only = bool(r.get("candidates")) and s["rerank_points"]
+    own = [candidate_pose(model, qf, match_image(model, qf, store, n, s["ratio"], points_only=points_only), q.camera,
+                          thr, s["seed"]) for n in r.get("candidates") or r["retrieved"]]
+    return rival_ratio([k for k, _ in own], [p for _, p in own], pose.center, s["rerank_agree"])
 
 
 def signals(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) -> list[dict]:
     rows = []
+    store = FeatureStore.of(run.features)
     for r, res, rejected in replay_accepted(ds, model, run.features, s, log):
         q = ds.queries[r["query"]]
         mask = np.asarray(res.inliers, bool)
@@ -51,7 +72,8 @@ def signals(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) ->
                      "inliers": int(mask.sum()), "inlier ratio": float(mask.mean()),
                      "coverage": inlier_coverage(res.points2d[mask], q.camera),
                      "centre sigma m": sc, "rotation sigma deg": sr,
-                     "verified candidates": None if pnp is None else sum(x >= s["min_inliers"] for x in pnp)})
+                     "verified candidates": None if pnp is None else sum(x >= s["min_inliers"] for x in pnp),
+                     "rival ratio": own_rival_ratio(model, store, s, r, q, res.pose)})
     return rows
 
 
@@ -83,9 +105,9 @@ def main(argv=None):
     result = {"machine": machine_info(), "runs": {}}
     md = [f"# Acceptance signals on `{run.name}` ({args.preset} preset)", "",
           replay_command("acceptance_signals.py", args, run, seed), "",
-          "Accepted poses (and those the coverage rule alone rejected), localized again. Wrong: beyond (5 m, 10°). "
+          "Accepted poses (and those an acceptance rule alone rejected), localized again. Wrong: beyond (5 m, 10°). "
           "Cut: the value at or past which every wrong pose is rejected (≤ for inliers, ratio, coverage and "
-          "verified candidates; ≥ for the sigmas); lost: correct poses that cut rejects too. AUC: the chance "
+          "verified candidates; ≥ for the sigmas and the rival ratio); lost: correct poses that cut rejects too. AUC: the chance "
           "that a correct pose scores better than a wrong one.", ""]
     for label, log, settings in localization_logs(run, args.preset, seed):
         rows = signals(run, ds, model, settings, log)

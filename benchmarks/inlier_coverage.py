@@ -3,14 +3,15 @@
     python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo [--thresholds 0 0.02 0.05 0.1]
 
 For every query a localization log (student retrieval and, if present, the oracle's) counted as
-localized (or, in a run made with the rule on, rejected by it), the query is localized again from the same retrieved images (the same hypothesis, as
-localize.py finds it) and the fraction of the image covered by the convex hull of its inliers is
-computed. A threshold t turns every localized query with coverage < t into a failure, which gets
-the top retrieved image's pose as any failure does. Per threshold: queries localized, wrong poses
-accepted (beyond 5 m / 10°), correct poses lost (within them) and the recall at the three
-thresholds, computed with the project's evaluator. Localization is replayed with the settings the
-run recorded (its seed included; --seed only where it recorded none). Writes
-<results>/inlier_coverage.{md,json}.
+localized (or, in a run made with the rule or the place ratio test on, rejected by one of them), the
+query is localized again from the same retrieved images (the same hypothesis, as localize.py finds
+it) and the fraction of the image covered by the convex hull of its inliers is computed. A
+threshold t turns every localized query with coverage < t into a failure, which gets the top
+retrieved image's pose as any failure does; the place ratio test is not applied. Per threshold:
+queries localized, wrong poses accepted (beyond 5 m / 10°), correct poses lost (within them) and
+the recall at the three thresholds, computed with the project's evaluator. Localization is
+replayed with the settings the run recorded (its seed included; --seed only where it recorded
+none). Writes <results>/inlier_coverage.{md,json}.
 """
 from __future__ import annotations
 

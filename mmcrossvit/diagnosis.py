@@ -32,7 +32,7 @@ ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
 SETTINGS = ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility", "min_inliers", "seed")
 # settings a run records only when they are on (their 'off' value otherwise)
-OPTIONAL = {"min_coverage": 0.0}
+OPTIONAL = {"min_coverage": 0.0, "max_rival_ratio": 0.0, "rerank_agree": 5.0, "rerank_points": False}
 # per-query columns that are numbers (medians are taken of these)
 NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inliers", "gt_inliers",
            "distinct_inliers", "inlier_keypoints",
@@ -188,15 +188,16 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def replay_accepted(ds, model: SfMModel, features: Path, settings: dict, log: Path):
-    """Every query of a localization log that was accepted, or that a run made with the coverage
-    rule on rejected by that rule alone, localized again without the rule (the same hypothesis):
-    yields (log row, QueryResult, rejected by the rule). A row that does not reproduce is an error
+    """Every query of a localization log that was accepted, or that a run made with an acceptance
+    rule on (the coverage rule, the place ratio test) rejected by a rule alone, localized again
+    without the rules (the same hypothesis): yields (log row, QueryResult, rejected by a rule). A row that does not reproduce is an error
     naming the log: the features or the model changed since the run."""
     import json
     s = settings
     for line in open(log):
         r = json.loads(line)
-        rejected = not r["success"] and s.get("min_coverage", 0.0) > 0 and r["inliers"] >= s["min_inliers"]
+        rules = s.get("min_coverage", 0.0) > 0 or s.get("max_rival_ratio", 0.0) > 0
+        rejected = not r["success"] and rules and r["inliers"] >= s["min_inliers"]
         if not (r["success"] or rejected):
             continue
         q = ds.queries[r["query"]]

@@ -66,6 +66,8 @@ class QueryResult:
     verification: list[int] | None = None
     # with PnP verification: each candidate's own PnP inliers (0: not verified or no pose)
     pnp_inliers: list[int] | None = None
+    # with the place ratio test (max_rival_ratio): the accepted pose's rival ratio (`rival_ratio`)
+    rival: float | None = None
 
     def log_row(self) -> dict:
         row = {"query": self.name, "success": self.success, "matches": self.num_matches,
@@ -74,6 +76,8 @@ class QueryResult:
             row.update(candidates=self.candidates, verification=self.verification)
         if self.pnp_inliers is not None:
             row.update(pnp_inliers=self.pnp_inliers)
+        if self.rival is not None:
+            row.update(rival_ratio=self.rival)
         return row
 
 
@@ -218,6 +222,22 @@ def agreeing(names: list[str], scores: list[int], inliers: list[int], poses: lis
     return [names[i] for i in near[:keep]]
 
 
+def rival_ratio(inliers: list[int], poses: list[Pose | None], center: np.ndarray, radius: float) -> float:
+    """The place ratio test of a pose at `center`, from candidates verified by their own PnP: the
+    most inliers of a candidate placed over `radius` metres away (a rival place) over the most of
+    one placed within it, or over 1 when none is. High: another place explains the query about as
+    well (a repeated facade, a wrong street)."""
+    near = far = 0
+    for k, p in zip(inliers, poses):
+        if p is None:
+            continue
+        if np.linalg.norm(p.center - center) > radius:
+            far = max(far, k)
+        else:
+            near = max(near, k)
+    return far / max(near, 1)
+
+
 def ransac_threshold(camera: CameraSpec, max_error: float, ref_size: float | None) -> float:
     """The PnP inlier threshold in pixels: `max_error` at a longer image side of `ref_size`
     (e.g. 12 px at Aachen's 1600), scaled to this query's size; unscaled when ref_size is None."""
@@ -285,7 +305,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
                    device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False,
-                   rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best") -> QueryResult:
+                   rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best",
+                   max_rival_ratio: float = 0.0) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -301,6 +322,11 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     `agreeing` (within `rerank_agree` metres) with the best-verified candidate's pose. When no
     candidate reaches `min_inliers` on its own, `rerank_fallback` decides: "best" pools the
     best-verified candidate alone, "scores" the best `rerank_keep` by score (as without PnP).
+
+    With `max_rival_ratio` > 0, an accepted pose is also tested against other places: every
+    candidate gets its own PnP (`candidate_pose`) on the matches the query already has with it (the
+    re-ranking's scoring matches, else the full ones), and the pose fails when `rival_ratio`
+    (radius `rerank_agree`) reaches `max_rival_ratio`.
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -321,7 +347,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             cache[n] = match_image(model, qf, store, n, ratio, dev)
         return cache[n]
 
-    candidates = scores = pnp_inliers = None
+    candidates = scores = pnp_inliers = scored = None
+    own: dict[str, tuple[int, Pose | None]] = {}  # candidates' own PnP (inliers, pose)
     t_match = t_pnp = 0.0
     if rerank_keep is not None:
         candidates = list(retrieved)
@@ -338,6 +365,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             for i in by_score:
                 if scores[i] >= min_inliers:  # fewer cannot reach the bar
                     pnp_inliers[i], poses[i] = candidate_pose(model, qf, scored[i], camera, max_error, seed)
+                    own[candidates[i]] = pnp_inliers[i], poses[i]
             kept = agreeing(candidates, scores, pnp_inliers, poses, rerank_keep, rerank_agree, min_inliers)
             # inconclusive (no candidate verified on its own): pooled matches may still find the pose
             if rerank_fallback == "best" or pnp_inliers[candidates.index(kept[0])] >= min_inliers:
@@ -363,7 +391,19 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     extra = dict(candidates=candidates, verification=scores, pnp_inliers=pnp_inliers)
     if best is not None and best[1].sum() >= min_inliers and (
             min_coverage <= 0 or inlier_coverage(best[2][best[1]], camera) >= min_coverage):
-        return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
+        if max_rival_ratio <= 0:
+            return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
+        ta = time.time()
+        for i, n in enumerate(candidates if candidates is not None else retrieved):
+            m = scored[i] if scored is not None else matched(n)
+            if n not in own and len(m.keypoints) >= 4:  # fewer: no pose (estimate_pose)
+                own[n] = candidate_pose(model, qf, m, camera, max_error, seed)
+        ranked = list(own.values())
+        rival = rival_ratio([k for k, _ in ranked], [p for _, p in ranked], best[0].center, rerank_agree)
+        extra["rival"] = round(rival, 4)
+        secs["pnp"] = round(secs["pnp"] + time.time() - ta, 4)
+        if rival < max_rival_ratio:
+            return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
     fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
     return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
                        *hyp, **extra)

@@ -79,3 +79,44 @@ def test_signals_replay_each_accepted_pose_of_a_run(tiny_run):
         assert 0 < r["inlier ratio"] <= 1 and 0 <= r["coverage"] <= 1
         assert r["wrong"] == (r["error_m"] > 5 or r["error_deg"] > 10)
         assert r["verified candidates"] is None  # oracle retrieval runs without PnP verification
+
+
+def test_rival_ratio_by_hand():
+    from mmcrossvit.localization import rival_ratio
+    at = lambda x: Pose(np.eye(3), -np.array([x, 0.0, 0.0]))  # camera centre at (x, 0, 0)  # noqa: E731
+    c = np.zeros(3)
+    # near: 40 and 10 inliers within 5 m; far: 30 at 8 m; a candidate without a pose is ignored
+    assert rival_ratio([40, 10, 30, 99], [at(1), at(-4.9), at(8), None], c, 5.0) == pytest.approx(30 / 40)
+    assert rival_ratio([40, 30], [at(1), at(4.9)], c, 5.0) == 0.0   # no other place
+    assert rival_ratio([12], [at(20)], c, 5.0) == 12.0              # no candidate near the pose: over 1
+    assert rival_ratio([40, 30], [at(1), at(8)], c, 10.0) == 0.0    # the radius decides what is elsewhere
+
+
+def test_place_ratio_test_rejects_from_its_logged_ratio(tiny_run):
+    """The test's value is logged; a run with a threshold rejects exactly the poses at or above
+    it; the benchmark recomputes the same value from the run's matches."""
+    _, run = tiny_run
+    common = dict(retrieval="oracle", workers=1, rerank_agree=2.0)
+    execute(localize, run, cli.settings(localize, "paper", tag="rival-log", max_rival_ratio=1e9, **common))
+    logged = {r["query"]: r for r in map(json.loads, open(run.localization_log("rival-log")))}
+    accepted = {q: r for q, r in logged.items() if r["success"]}
+    assert accepted and all(r["rival_ratio"] >= 0 for r in accepted.values())
+    assert all("rival_ratio" not in r for r in logged.values() if not r["success"])  # tested only once accepted
+    values = sorted({r["rival_ratio"] for r in accepted.values()})
+    cut = values[len(values) // 2] if values[-1] > 0 else 1e-9
+    execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=cut, **common))
+    cut_log = {r["query"]: r for r in map(json.loads, open(run.localization_log("rival-cut")))}
+    for q, r in logged.items():
+        assert cut_log[q]["inliers"] == r["inliers"]  # the same hypothesis
+        assert cut_log[q]["success"] == (r["success"] and r["rival_ratio"] < cut), q
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    from acceptance_signals import own_rival_ratio
+    ds = Dataset(run.dataset)
+    model = SfMModel.load(run.sfm)
+    s = localization_settings(run, "rival-log", "paper", None)[0]
+    from mmcrossvit.features import FeatureStore
+    for q, r in accepted.items():
+        recomputed = own_rival_ratio(model, FeatureStore.of(run.features), s, {**r, "rival_ratio": None}, ds.queries[q],
+                                     Pose.from_qt(r["qvec"], r["tvec"]))
+        assert recomputed == pytest.approx(r["rival_ratio"], abs=1e-4)
