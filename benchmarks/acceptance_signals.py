@@ -10,7 +10,7 @@ rejected by an acceptance rule alone, is localized again from the same retrieved
     inlier ratio         inliers / pooled 2D-3D correspondences
     coverage             image fraction inside the inliers' convex hull (--min-inlier-coverage)
     centre sigma m       1-sigma camera-centre error from the inliers at 1 px noise
-    rotation sigma deg   the same for the rotation (localization.pose_uncertainty)
+    rotation sigma deg   the same for the rotation (acceptance.pose_uncertainty)
     verified candidates  candidates whose own PnP reached --min-inliers (runs with --rerank-pnp)
     rival ratio          the place ratio test (localize.py --max-rival-ratio): the most own-PnP inliers
                          of a candidate whose own pose lies over --rerank-agree metres from the accepted
@@ -30,12 +30,12 @@ import numpy as np
 
 from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
+from mmcrossvit.acceptance import inlier_coverage, pose_uncertainty, rival_ratio  # noqa: E402
 from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
-from mmcrossvit.layout import Dataset  # noqa: E402
 from mmcrossvit.features import FeatureStore, read_features  # noqa: E402
-from mmcrossvit.localization import (SfMModel, candidate_pose, inlier_coverage, match_image,  # noqa: E402
-                                     pose_uncertainty, ransac_threshold, rival_ratio)
+from mmcrossvit.layout import Dataset  # noqa: E402
+from mmcrossvit.localization import SfMModel, candidate_pose, match_image, ransac_threshold  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 
 # name -> True when a higher value means a more trustworthy pose
@@ -44,7 +44,7 @@ SIGNALS = {"inliers": True, "inlier ratio": True, "coverage": True, "centre sigm
 
 
 def own_rival_ratio(model: SfMModel, store: FeatureStore, s: dict, r: dict, q, pose) -> float:
-    """`localization.rival_ratio` of `pose` as localize.py --max-rival-ratio computes it: every
+    """`acceptance.rival_ratio` of `pose` as localize.py --max-rival-ratio computes it: every
     candidate's own PnP on the matches re-ranking scored it with (or its full matches without
     re-ranking); the log's value when the run had the test on."""
     if r.get("rival_ratio") is not None:

@@ -22,11 +22,12 @@ import numpy as np
 
 from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
+from mmcrossvit.acceptance import inlier_coverage  # noqa: E402
 from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.localization import SfMModel, inlier_coverage  # noqa: E402
+from mmcrossvit.localization import SfMModel  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from mmcrossvit import cli
+from mmcrossvit.acceptance import pose_uncertainty
 from mmcrossvit.colmap_io import CameraSpec
 from mmcrossvit.diagnosis import localization_settings
 from mmcrossvit.geometry import Pose
 from mmcrossvit.layout import Dataset
-from mmcrossvit.localization import SfMModel, pose_uncertainty
+from mmcrossvit.localization import SfMModel
 from mmcrossvit.steps import execute, localize
 
 BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
@@ -82,7 +83,7 @@ def test_signals_replay_each_accepted_pose_of_a_run(tiny_run):
 
 
 def test_rival_ratio_by_hand():
-    from mmcrossvit.localization import rival_ratio
+    from mmcrossvit.acceptance import rival_ratio
     at = lambda x: Pose(np.eye(3), -np.array([x, 0.0, 0.0]))  # camera centre at (x, 0, 0)  # noqa: E731
     c = np.zeros(3)
     # near: 40 and 10 inliers within 5 m; far: 30 at 8 m; a candidate without a pose is ignored

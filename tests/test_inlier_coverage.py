@@ -14,7 +14,7 @@ from mmcrossvit.colmap_io import CameraSpec
 from mmcrossvit.diagnosis import localization_settings
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel
-from mmcrossvit.localization import inlier_coverage
+from mmcrossvit.acceptance import inlier_coverage
 from mmcrossvit.steps import execute, localize
 
 
