@@ -190,8 +190,9 @@ def summarise(rows: list[dict]) -> dict:
 def replay_accepted(ds, model: SfMModel, features: Path, settings: dict, log: Path):
     """Every query of a localization log that was accepted, or that a run made with an acceptance
     rule on (the coverage rule, the place ratio test) rejected by a rule alone, localized again
-    without the rules (the same hypothesis): yields (log row, QueryResult, rejected by a rule). A row that does not reproduce is an error
-    naming the log: the features or the model changed since the run."""
+    without the rules (the same hypothesis): yields (log row, QueryResult, rejected by a rule). A
+    row that does not reproduce is an error naming the log: the features or the model changed
+    since the run."""
     import json
     s = settings
     for line in open(log):

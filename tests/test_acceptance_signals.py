@@ -13,6 +13,7 @@ from mmcrossvit import cli
 from mmcrossvit.acceptance import pose_uncertainty
 from mmcrossvit.colmap_io import CameraSpec
 from mmcrossvit.diagnosis import localization_settings
+from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel
@@ -110,6 +111,8 @@ def test_place_ratio_test_rejects_from_its_logged_ratio(tiny_run):
     for q, r in logged.items():
         assert cut_log[q]["inliers"] == r["inliers"]  # the same hypothesis
         assert cut_log[q]["success"] == (r["success"] and r["rival_ratio"] < cut), q
+    with pytest.raises(DataError, match="--max-rival-ratio must be >= 0"):
+        execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=-1.0, **common))
     if BENCH not in sys.path:
         sys.path.insert(0, BENCH)
     from acceptance_signals import own_rival_ratio

@@ -145,6 +145,8 @@ def check(run: RunLayout, cfg) -> None:
     if (getattr(cfg, "rerank_pnp", 0) or 0) < 0 or (getattr(cfg, "rerank_pnp", 0) and not cfg.rerank_agree > 0):
         raise DataError(None, f"--rerank-pnp must be >= 0 (0: off) and --rerank-agree > 0 metres, got "
                               f"{cfg.rerank_pnp} and {cfg.rerank_agree}")
+    if (getattr(cfg, "max_rival_ratio", 0) or 0) < 0:
+        raise DataError(None, f"--max-rival-ratio must be >= 0 (0: off), got {cfg.max_rival_ratio}")
     if getattr(cfg, "rerank_fallback", "best") not in RERANK_FALLBACKS:
         raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, "
                               f"got {cfg.rerank_fallback!r}")
