@@ -107,8 +107,8 @@ def main(argv=None):
           replay_command("acceptance_signals.py", args, run, seed), "",
           "Accepted poses (and those an acceptance rule alone rejected), localized again. Wrong: beyond (5 m, 10°). "
           "Cut: the value at or past which every wrong pose is rejected (≤ for inliers, ratio, coverage and "
-          "verified candidates; ≥ for the sigmas and the rival ratio); lost: correct poses that cut rejects too. AUC: the chance "
-          "that a correct pose scores better than a wrong one.", ""]
+          "verified candidates; ≥ for the sigmas and the rival ratio); lost: correct poses that cut rejects too. "
+          "AUC: the chance that a correct pose scores better than a wrong one.", ""]
     for label, log, settings in localization_logs(run, args.preset, seed):
         rows = signals(run, ds, model, settings, log)
         seps = {k: separation(rows, k, hi) for k, hi in SIGNALS.items()}

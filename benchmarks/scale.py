@@ -180,10 +180,9 @@ def main(argv=None) -> dict:
                     r = spawn(argv, f"pairs:{n}:{method}", work, args.threads)
                     res.append(r)
                     m = r["memory"]
-                    rows.append([f"{n:,}", "k-d tree (pairs_from_poses)" if method == "kdtree" else "dense n x n (replaced)",
-                                 f"{r['seconds']:.2f}", f"{m['peak_above_start_mb']:.0f}" + ("" if m["new_peak"] else
-                                                                                        " (upper bound)"),
-                                 f"{r['pairs']:,}", r["sha256"]])
+                    label = "k-d tree (pairs_from_poses)" if method == "kdtree" else "dense n x n (replaced)"
+                    peak = f"{m['peak_above_start_mb']:.0f}" + ("" if m["new_peak"] else " (upper bound)")
+                    rows.append([f"{n:,}", label, f"{r['seconds']:.2f}", peak, f"{r['pairs']:,}", r["sha256"]])
             result["pairs"] = res
             md += ["## Database pairs from known poses (preprocessing.py --pairs poses)", "",
                    f"Synthetic cameras at the demo's density with random headings; the {args.num_pairs} nearest "
