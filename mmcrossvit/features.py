@@ -9,6 +9,7 @@ A group is complete once its attribute `done` is set, so an interrupted extracti
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -252,19 +253,21 @@ def feature_names(path: Path) -> set[str]:
 
 
 def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
-                      mutual: bool = True, device: torch.device | str | None = None) -> np.ndarray:
+                      mutual: bool = True, device: torch.device | str | None = None,
+                      kernel: str = "auto") -> np.ndarray:
     """(M, 2) indices of nearest-neighbour matches passing Lowe's ratio test (on L2 distances of
     the L2-normalised descriptors).
 
     The dot products of the uint8 descriptors are integers below 2**24, computed exactly (see
-    `_exact_dots`), so matches do not depend on the thread count or the device; the
-    normalisation is elementwise."""
+    `_exact_dots`), so matches do not depend on the thread count, the device or `kernel` (how the
+    CPU multiplies: "int8", "float32", or "auto", see `int8_products_fast`); the normalisation is
+    elementwise."""
     if len(desc0) < 2 or len(desc1) < 2:
         return np.zeros((0, 2), dtype=np.int64)
     dev = torch.device(device or "cpu")
     d0 = torch.from_numpy(np.ascontiguousarray(desc0, dtype=np.uint8)).to(dev)
     d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.uint8)).to(dev)
-    sim, sq0, sq1 = _exact_dots(d0, d1)
+    sim, sq0, sq1 = _exact_dots(d0, d1, kernel)
     norm0 = sq0.float().sqrt().clamp_min(1e-12)
     norm1 = sq1.float().sqrt().clamp_min(1e-12)
     sim /= norm0[:, None] * norm1[None, :]
@@ -280,15 +283,45 @@ def match_descriptors(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8,
     return torch.stack([i0, nn01[i0]], 1).cpu().numpy()
 
 
-def _exact_dots(d0: torch.Tensor, d1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+KERNELS = ("auto", "int8", "float32")
+# CPU instruction sets under which torch's int8 matmul beats float32 (Linux /proc/cpuinfo names)
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (Linux; empty elsewhere), read once."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_products_fast(flags: frozenset[str] | None = None) -> bool:
+    """Whether `auto` multiplies descriptors in int8 on this CPU: only with VNNI or AMX. Without
+    them torch's int8 matmul is a slow fallback: 18x slower than float32 on an AVX2-only AMD EPYC
+    (benchmarks/results/matching_kernel_epyc.md); with VNNI it was the faster one."""
+    return hasattr(torch, "_int_mm") and bool((cpu_flags() if flags is None else flags) & INT8_FLAGS)
+
+
+def _exact_dots(d0: torch.Tensor, d1: torch.Tensor, kernel: str = "auto"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dot products of two uint8 descriptor sets as a float32 (CPU) or float64 (CUDA) matrix
     that holds them exactly, and each set's squared norms.
 
-    On the CPU the product goes through int8 (x - 128; VNNI where the CPU has it), ~1.5x faster
-    than float32, and the shift comes back in float32: a.b = a'.b' + 128 sum(a') + 128 sum(b')
-    + 128^2 D, each partial sum an integer below 2**24 and so exact. CUDA multiplies in float64,
-    which TF32 never touches."""
-    if d0.device.type == "cuda" or not hasattr(torch, "_int_mm"):
+    On the CPU, `kernel` int8 multiplies x - 128 in int8 and brings the shift back in float32:
+    a.b = a'.b' + 128 sum(a') + 128 sum(b') + 128^2 D, each partial sum an integer below 2**24
+    and so exact; float32 multiplies directly (also exact: every partial sum is an integer below
+    2**24). CUDA multiplies in float64, which TF32 never touches."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+    if kernel == "auto":
+        kernel = "int8" if int8_products_fast() else "float32"
+    if d0.device.type == "cuda" or kernel == "float32" or not hasattr(torch, "_int_mm"):
         exact = torch.float64 if d0.device.type == "cuda" else torch.float32
         a, b = d0.to(exact), d1.to(exact)
         return a @ b.T, a.square().sum(1), b.square().sum(1)
