@@ -71,8 +71,12 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Which statistic tells a wrong pose from a right one: a second scene (seed 1)",
              "acceptance_signals_demo-seed1.md",
              "python benchmarks/acceptance_signals.py --dataset datasets/demo-seed1 --preset demo --name demo-seed1"),
-            ("Descriptor-matching kernel", "matching_kernel.md",
+            ("Descriptor-matching kernel (Intel Xeon)", "matching_kernel.md",
              "python benchmarks/matching_kernel.py --features outputs/demo/features.h5 --pairs outputs/demo/pairs-db.txt"),
+            ("Descriptor-matching kernel (AMD EPYC, AVX2 only: no int8 products)", "matching_kernel_epyc.md",
+             "python benchmarks/matching_kernel.py --features outputs/cost_curve/outputs/n100/features.h5 "
+             "--pairs outputs/cost_curve/outputs/n100/pairs-db.txt --num-pairs 100 "
+             "--out benchmarks/results/matching_kernel_epyc"),
             ("Worker processes (this 2-core CPU)", "workers.md",
              "python benchmarks/workers.py --dataset datasets/demo --preset demo"),
             ("Worker processes (16 cores, the GPU host)", "workers_16cores.md",
