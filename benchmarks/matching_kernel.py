@@ -20,7 +20,7 @@ import torch
 from report import finish, machine_info, markdown_table, parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit.colmap_io import read_pairs  # noqa: E402
-from mmcrossvit.features import INT8_FLAGS, FeatureStore, cpu_flags, int8_products_fast, match_descriptors  # noqa: E402
+from mmcrossvit.features import INT8_FLAGS, FeatureStore, cpu_flags, match_descriptors, resolve_kernel  # noqa: E402
 
 
 def float32_full_argmax(desc0: np.ndarray, desc1: np.ndarray, ratio: float = 0.8) -> np.ndarray:
@@ -49,7 +49,7 @@ def main() -> dict:
     kernels = {"float32, full column argmax (before)": float32_full_argmax,
                "match_descriptors, int8 products": lambda a, b: match_descriptors(a, b, kernel="int8"),
                "match_descriptors, float32 products": lambda a, b: match_descriptors(a, b, kernel="float32")}
-    auto = "int8" if int8_products_fast() else "float32"
+    auto = resolve_kernel("auto")
     flags = sorted(cpu_flags() & (INT8_FLAGS | {"avx2", "avx512f", "avx512bw"}))
     out, secs = {}, {k: [] for k in kernels}
     for k, f in kernels.items():

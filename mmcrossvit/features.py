@@ -308,6 +308,15 @@ def int8_products_fast(flags: frozenset[str] | None = None) -> bool:
     return hasattr(torch, "_int_mm") and bool((cpu_flags() if flags is None else flags) & INT8_FLAGS)
 
 
+def resolve_kernel(kernel: str = "auto") -> str:
+    """The CPU product kernel that `kernel` means here: "int8" or "float32"."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
+    if kernel == "auto":
+        return "int8" if int8_products_fast() else "float32"
+    return kernel
+
+
 def _exact_dots(d0: torch.Tensor, d1: torch.Tensor, kernel: str = "auto"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dot products of two uint8 descriptor sets as a float32 (CPU) or float64 (CUDA) matrix
@@ -317,10 +326,7 @@ def _exact_dots(d0: torch.Tensor, d1: torch.Tensor, kernel: str = "auto"
     a.b = a'.b' + 128 sum(a') + 128 sum(b') + 128^2 D, each partial sum an integer below 2**24
     and so exact; float32 multiplies directly (also exact: every partial sum is an integer below
     2**24). CUDA multiplies in float64, which TF32 never touches."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, not {kernel!r}")
-    if kernel == "auto":
-        kernel = "int8" if int8_products_fast() else "float32"
+    kernel = resolve_kernel(kernel)
     if d0.device.type == "cuda" or kernel == "float32" or not hasattr(torch, "_int_mm"):
         exact = torch.float64 if d0.device.type == "cuda" else torch.float32
         a, b = d0.to(exact), d1.to(exact)
