@@ -136,6 +136,7 @@ PRESETS: dict[str, dict] = {
                       blocks_y=2, block_size=24.0, num_styles=5, facade_ppm=24.0, ground_ppm=12.0,
                       detail_ppm=64.0, detail_tile=1024, workers=1),
         preprocess=dict(first_octave=0, num_pairs=10, min_pair_matches=5, two_view_tracks=True),
+        tokens=dict(grid=7),
         teacher=dict(img_size=120, embed_dim=32, epochs=2, batch_size=8, optimizer="adamw", lr=1e-3,
                      schedule="cosine", min_lr_ratio=0.1, grad_clip=1.0, hflip=0.5, jitter=0.2, val_every=1,
                      refresh_every=1),
