@@ -20,7 +20,7 @@ import numpy as np
 
 from .colmap_io import CameraSpec
 from .errors import DataError
-from .evaluation import THRESHOLDS, visible_points
+from .evaluation import THRESHOLDS, project, visible_points
 from .features import read_features
 from .geometry import Pose, pose_error
 from .localization import SfMModel, correspondences, localize_query, ransac_threshold
@@ -43,17 +43,13 @@ NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inl
 
 def gt_consistent(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, gt_pose: Pose,
                   px: float) -> np.ndarray:
-    """Mask of correspondences whose 3D point lies in front of the camera and projects (through
-    the query's own camera model, distortion included) within `px` pixels of its keypoint under
-    the true pose."""
+    """Mask of correspondences whose 3D point projects under the true pose (`project`: in front,
+    through the query's own camera model, distortion included, on the image's branch of it) within
+    `px` pixels of its keypoint."""
     points2d = np.asarray(points2d, np.float64).reshape(-1, 2)
-    Xc = gt_pose.transform(np.asarray(points3d, np.float64).reshape(-1, 3))
-    ok = np.zeros(len(Xc), bool)
-    front = np.flatnonzero(Xc[:, 2] > 1e-6)  # img_from_cam gives NaN behind; don't rely on it
-    if len(front):
-        uv = np.asarray(camera.to_pycolmap().img_from_cam(Xc[front]))
-        err = np.linalg.norm(uv - points2d[front], axis=1)
-        ok[front] = np.isfinite(err) & (err <= px)
+    uv = project(camera, gt_pose.transform(np.asarray(points3d, np.float64).reshape(-1, 3)), margin=px)
+    err = np.linalg.norm(uv - points2d, axis=1)
+    ok = np.isfinite(err) & (err <= px)
     return ok
 
 

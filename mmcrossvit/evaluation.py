@@ -92,21 +92,42 @@ def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=EVAL_KS)
     return out
 
 
+def project(camera: CameraSpec, Xc: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Pixels of camera-frame points through the camera's model, distortion included; NaN for a point
+    behind the camera, outside the image grown by `margin` pixels, or on the far branch of the lens
+    model: a radial term k < 0 folds points far off the axis back into the image (r(1 + k r^2)
+    turns down beyond r^2 = -1/(3k)), and their pixels do not undistort to their own rays."""
+    Xc = np.asarray(Xc, np.float64).reshape(-1, 3)
+    out = np.full((len(Xc), 2), np.nan)
+    idx = np.flatnonzero(Xc[:, 2] > 1e-6)  # img_from_cam gives NaN behind; don't rely on it
+    if not len(idx):
+        return out
+    cam = camera.to_pycolmap()
+    uv = np.asarray(cam.img_from_cam(Xc[idx]))
+    ok = ((uv[:, 0] >= -margin) & (uv[:, 0] < camera.width + margin)
+          & (uv[:, 1] >= -margin) & (uv[:, 1] < camera.height + margin))
+    idx, uv = idx[ok], uv[ok]
+    if len(idx):
+        ray = Xc[idx, :2] / Xc[idx, 2:3]
+        back = np.asarray(cam.cam_from_img(uv))[:, :2]
+        ok = np.all(np.abs(back - ray) <= 1e-4 * (1 + np.abs(ray)), axis=1)
+        out[idx[ok]] = uv[ok]
+    return out
+
+
 def visible_points(camera: CameraSpec, pose: Pose, xyz: np.ndarray, cell: int = 16, slack: float = 0.1
                    ) -> np.ndarray:
-    """Indices of 3D points a camera sees: in front, inside the image, and not behind a nearer
-    point in the same cell x cell pixel bin (a point-splat z-buffer for occlusion)."""
-    cam = camera.to_pycolmap()
+    """Indices of 3D points a camera sees: projected into the image (`project`) and not behind a
+    nearer point in the same cell x cell pixel bin (a point-splat z-buffer for occlusion)."""
     Xc = pose.transform(xyz)
-    front = np.flatnonzero(Xc[:, 2] > 1e-6)
+    uv = project(camera, Xc)
+    front = np.flatnonzero(np.isfinite(uv[:, 0]))
     if not len(front):
         return front
-    uv = np.asarray(cam.img_from_cam(Xc[front]))
-    ok = (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
-    front, uv, z = front[ok], uv[ok], Xc[front[ok], 2]
+    uv, z = uv[front], Xc[front, 2]
     nx = int(np.ceil(camera.width / cell))
     b = (uv[:, 1] // cell).astype(np.int64) * nx + (uv[:, 0] // cell).astype(np.int64)
-    zmin = np.full(b.max() + 1 if len(b) else 1, np.inf)
+    zmin = np.full(b.max() + 1, np.inf)
     np.minimum.at(zmin, b, z)
     return front[z <= zmin[b] * (1 + slack)]
 

@@ -53,6 +53,21 @@ def test_gt_consistent_counts_exact_projections_only():
     assert gt_consistent(np.zeros((0, 2)), np.zeros((0, 3)), CAMERA, pose, 4.0).shape == (0,)
 
 
+def test_points_the_lens_folds_into_the_image_are_neither_visible_nor_consistent():
+    """With a radial k < 0, r(1 + k r^2) turns down beyond r^2 = -1/(3k): a point far enough off the
+    axis (here 80 degrees, r = 6) lands inside the image, on the other side. It must not count as
+    seen or as a correct match; points in view still do, at the image's edge too."""
+    cam = CameraSpec("SIMPLE_RADIAL", 640, 480, (500.0, 320.0, 240.0, -0.03))
+    pose = Pose(np.eye(3), np.zeros(3))  # world = camera frame
+    X = np.array([[0.1, 0.05, 1.0], [6.0, 0.0, 1.0], [-0.6, 0.4, 1.0], [0.0, -5.9, 1.0]]) * 10
+    raw = np.asarray(cam.to_pycolmap().img_from_cam(X))
+    inside = (raw >= 0).all(1) & (raw < [640, 480]).all(1)
+    assert inside.tolist() == [True, True, True, True]  # the folded ones do land in the image
+    assert raw[1, 0] < 320 and raw[3, 1] > 240  # ... mirrored across the centre
+    assert visible_points(cam, pose, X).tolist() == [0, 2]
+    assert gt_consistent(raw, X, cam, pose, px=4.0).tolist() == [True, False, True, False]
+
+
 def test_failure_kind_uses_the_benchmark_thresholds():
     (fm, fd), (cm, cd) = THRESHOLDS[0], THRESHOLDS[-1]
     assert failure_kind(True, fm, fd, 100, 1) == "localized"
