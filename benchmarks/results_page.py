@@ -52,6 +52,8 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Why oracle localization fails (the earlier dense map, before affine SIFT)", "diagnosis_demo_dense_oracle.md",
              "python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo (its dense variant), then "
              "benchmarks/diagnose_localization.py --name demo-lever-dense --tag oracle-dense"),
+            ("Visible points: lens-aware against lens-blind (the ground truth of the oracle and of query positives)",
+             "visible_points_demo.md", "python benchmarks/visible_points.py --dataset datasets/demo --preset demo"),
             ("How much the teacher relies on its 3D tokens", "token_reliance.md",
              "python benchmarks/token_reliance.py --dataset datasets/demo"),
             ("Student retrieval: recipes over 3 seeds", "student_retrieval.md",

@@ -92,11 +92,12 @@ def retrieval_metrics(ranked: np.ndarray, positives: list[set[int]], ks=EVAL_KS)
     return out
 
 
-def project(camera: CameraSpec, Xc: np.ndarray, margin: float = 0.0) -> np.ndarray:
+def project(camera: CameraSpec, Xc: np.ndarray, margin: float = 0.0, lens_branch: bool = True) -> np.ndarray:
     """Pixels of camera-frame points through the camera's model, distortion included; NaN for a point
     behind the camera, outside the image grown by `margin` pixels, or on the far branch of the lens
     model: a radial term k < 0 folds points far off the axis back into the image (r(1 + k r^2)
-    turns down beyond r^2 = -1/(3k)), and their pixels do not undistort to their own rays."""
+    turns down beyond r^2 = -1/(3k)), and their pixels do not undistort to their own rays.
+    lens_branch=False skips that last check (the definition before it, for benchmarks/visible_points.py)."""
     Xc = np.asarray(Xc, np.float64).reshape(-1, 3)
     out = np.full((len(Xc), 2), np.nan)
     idx = np.flatnonzero(Xc[:, 2] > 1e-6)  # img_from_cam gives NaN behind; don't rely on it
@@ -107,20 +108,21 @@ def project(camera: CameraSpec, Xc: np.ndarray, margin: float = 0.0) -> np.ndarr
     ok = ((uv[:, 0] >= -margin) & (uv[:, 0] < camera.width + margin)
           & (uv[:, 1] >= -margin) & (uv[:, 1] < camera.height + margin))
     idx, uv = idx[ok], uv[ok]
-    if len(idx):
+    if len(idx) and lens_branch:
         ray = Xc[idx, :2] / Xc[idx, 2:3]
         back = np.asarray(cam.cam_from_img(uv))[:, :2]
         ok = np.all(np.abs(back - ray) <= 1e-4 * (1 + np.abs(ray)), axis=1)
-        out[idx[ok]] = uv[ok]
+        idx, uv = idx[ok], uv[ok]
+    out[idx] = uv
     return out
 
 
-def visible_points(camera: CameraSpec, pose: Pose, xyz: np.ndarray, cell: int = 16, slack: float = 0.1
-                   ) -> np.ndarray:
+def visible_points(camera: CameraSpec, pose: Pose, xyz: np.ndarray, cell: int = 16, slack: float = 0.1,
+                   lens_branch: bool = True) -> np.ndarray:
     """Indices of 3D points a camera sees: projected into the image (`project`) and not behind a
     nearer point in the same cell x cell pixel bin (a point-splat z-buffer for occlusion)."""
     Xc = pose.transform(xyz)
-    uv = project(camera, Xc)
+    uv = project(camera, Xc, lens_branch=lens_branch)
     front = np.flatnonzero(np.isfinite(uv[:, 0]))
     if not len(front):
         return front
@@ -159,7 +161,7 @@ def format_retrieval(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
+def gt_covisibility(ds, model, db_names: list[str], lens_branch: bool = True) -> dict[str, np.ndarray]:
     """For each query with a true pose: how many of the 3D points visible from that pose each
     database image in `db_names` observes (the ground truth of retrieval)."""
     # observations grouped by 3D point (rows of model.xyz), once: a query then counts the
@@ -180,7 +182,7 @@ def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
     for q, query in ds.queries.items():
         if ds.gt_poses is None or q not in ds.gt_poses:
             continue
-        vis = visible_points(query.camera, ds.gt_poses[q], model.xyz)
+        vis = visible_points(query.camera, ds.gt_poses[q], model.xyz, lens_branch=lens_branch)
         lo, hi = start[vis], start[vis + 1]
         # the observation rows of every visible point: lo..hi-1 for each, concatenated
         lens = hi - lo
@@ -189,11 +191,11 @@ def gt_covisibility(ds, model, db_names: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def oracle_candidates(ds, model, k: int) -> dict[str, list[str]]:
+def oracle_candidates(ds, model, k: int, lens_branch: bool = True) -> dict[str, list[str]]:
     """Database images ranked by the number of 3D points visible from each query's true pose
     (ties by name); only images that see at least one. Queries without a true pose get none."""
     db = sorted(model.point3d_ids)
-    counts = gt_covisibility(ds, model, db)
+    counts = gt_covisibility(ds, model, db, lens_branch)
     out = {}
     for q in ds.queries:
         c = counts.get(q, np.zeros(len(db), dtype=np.int64))
@@ -202,9 +204,20 @@ def oracle_candidates(ds, model, k: int) -> dict[str, list[str]]:
     return out
 
 
-def query_positives(ds, model, db_names: list[str], min_shared: int) -> list[set[int]]:
+def ranked_queries(retrieval: dict, queries: list[str]) -> np.ndarray:
+    """The retrieval step's ranking (retrieval.npz: query_names, query_ranked) as one row per query
+    of `queries`; a query the retrieval left out (unreadable) retrieves nothing (-1)."""
+    row_of = {str(q): i for i, q in enumerate(retrieval["query_names"])}
+    out = np.full((len(queries), retrieval["query_ranked"].shape[1]), -1, dtype=np.int64)
+    for i, q in enumerate(queries):
+        if q in row_of:
+            out[i] = retrieval["query_ranked"][row_of[q]]
+    return out
+
+
+def query_positives(ds, model, db_names: list[str], min_shared: int, lens_branch: bool = True) -> list[set[int]]:
     """For each query (sorted by name), the indices into `db_names` of database images that see at
     least `min_shared` of the 3D points visible from the query's true pose."""
-    counts = gt_covisibility(ds, model, db_names)
+    counts = gt_covisibility(ds, model, db_names, lens_branch)
     return [set(np.flatnonzero(counts[q] >= min_shared).tolist()) if q in counts else set()
             for q in sorted(ds.queries)]

@@ -65,6 +65,7 @@ def test_points_the_lens_folds_into_the_image_are_neither_visible_nor_consistent
     assert inside.tolist() == [True, True, True, True]  # the folded ones do land in the image
     assert raw[1, 0] < 320 and raw[3, 1] > 240  # ... mirrored across the centre
     assert visible_points(cam, pose, X).tolist() == [0, 2]
+    assert visible_points(cam, pose, X, lens_branch=False).tolist() == [0, 1, 2, 3]  # the definition before
     assert gt_consistent(raw, X, cam, pose, px=4.0).tolist() == [True, False, True, False]
 
 
@@ -238,3 +239,23 @@ def test_script_names_what_is_missing(diag_run, tmp_path):
         _script().main(_run_args(root, run, tmp_path) + ["--tag", "nothing-here"])
     with pytest.raises(DataError, match=r"query_poses.txt.*ground truth"):
         _script().main(["--dataset", str(tmp_path), "--outputs", str(tmp_path / "o"), "--results", str(tmp_path)])
+
+
+def test_visible_points_benchmark_reports_each_definitions_own_counts(tiny_run, tmp_path):
+    """benchmarks/visible_points.py on the tiny run: each definition's visible pairs are its own, and
+    the folded / hidden pairs account for the difference between them."""
+    import importlib
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    bench = importlib.import_module("visible_points")
+    root, run = tiny_run
+    result = bench.main(_run_args(root, run, tmp_path) + ["--preset", "tiny"])
+    ds, model = Dataset(root), SfMModel.load(run.sfm)
+    for label, branch in bench.DEFINITIONS.items():
+        assert result["visible_pairs"][label] == sum(
+            len(visible_points(ds.queries[q].camera, ds.gt_poses[q], model.xyz, lens_branch=branch)) for q in ds.gt_poses)
+    pairs = result["visible_pairs"]
+    assert (pairs["lens-aware (current)"] - pairs["lens-blind (before)"]
+            == result["pairs_hidden_by_folded"] - result["folded_pairs_counted_visible"])
+    assert result["queries"] == len(ds.gt_poses) and result["oracle_k"] == 10
+    assert (tmp_path / f"visible_points_{run.name}.md").is_file()

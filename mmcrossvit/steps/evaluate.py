@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..evaluation import (EVAL_KS, format_localization, format_retrieval, load_results, localization_table,
-                          missing_queries, query_positives, retrieval_metrics)
+                          missing_queries, query_positives, ranked_queries, retrieval_metrics)
 from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel
 from ..paths import RunLayout
@@ -128,12 +128,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         rows = {f"db anchors (fold {cfg.val_fold})": retrieval_metrics(ranked, pos, EVAL_KS)}
         model = SfMModel.load(run.sfm)
         qpos = query_positives(ds, model, db_names, sdb.min_shared)
-        # one ranked row per listed query; a query retrieval left out (unreadable) retrieves nothing
-        row_of = {str(q): i for i, q in enumerate(r["query_names"])}
-        ranked_q = np.full((len(ds.queries), r["query_ranked"].shape[1]), -1, dtype=np.int64)
-        for i, q in enumerate(sorted(ds.queries)):
-            if q in row_of:
-                ranked_q[i] = r["query_ranked"][row_of[q]]
+        ranked_q = ranked_queries(r, sorted(ds.queries))
         rows["queries"] = retrieval_metrics(ranked_q, qpos, EVAL_KS)
         for cond in ("day", "night"):
             sel = [i for i, q in enumerate(sorted(ds.queries)) if conditions[q] == cond]

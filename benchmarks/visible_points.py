@@ -1,0 +1,111 @@
+"""What a visible point's definition changes on one run with ground truth: the lens-aware one
+(`evaluation.project`: a point the lens folds back into the image does not count) against the
+lens-blind one before it.
+
+    python benchmarks/visible_points.py --dataset datasets/demo --preset demo
+
+A radial k < 0 folds points far off the axis back into the image, mirrored; the lens-blind
+definition counted them visible, and, being near the camera, they hid real points behind them in
+the occlusion test. For every query with a true pose, it reports the (query, point) pairs that each
+definition counts visible, the folded ones, the ones they hid, which queries get another oracle
+top K (--k, default: the preset's oracle_num_retrieved) or other positives (--min-shared, default:
+the spatial database's), and, where the run has the retrieval step's ranking, the distilled
+student's query P@K / R@K under each definition. The oracle's poses themselves need the
+localization re-run: `localize.py --retrieval oracle` on a checkout of each definition.
+Writes <results>/visible_points_<name>.{md,json}.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from tqdm import tqdm
+
+from mmcrossvit import presets  # noqa: E402
+from mmcrossvit.evaluation import (gt_covisibility, oracle_candidates, query_positives,  # noqa: E402
+                                   ranked_queries, retrieval_metrics, visible_points)
+from mmcrossvit.errors import DataError  # noqa: E402
+from mmcrossvit.layout import GT_POSES, Dataset  # noqa: E402
+from mmcrossvit.localization import SfMModel  # noqa: E402
+from mmcrossvit.paths import RunLayout  # noqa: E402
+from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
+from mmcrossvit.storage import read_npz  # noqa: E402
+
+DEFINITIONS = {"lens-aware (current)": True, "lens-blind (before)": False}
+KS = (1, 5, 20)
+
+
+def main(argv=None) -> dict:
+    p = run_parser(__doc__)
+    p.add_argument("--k", type=int, default=None, help="oracle candidates per query (default: the preset's)")
+    p.add_argument("--min-shared", type=int, default=None,
+                   help="shared points that make a positive (default: the spatial database's)")
+    args = p.parse_args(argv)
+    run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    ds = Dataset(run.dataset)
+    if ds.gt_poses is None:
+        raise DataError(ds.root / GT_POSES, "this benchmark needs ground-truth query poses")
+    model = SfMModel.load(run.sfm)
+    k = args.k or presets.step_settings(args.preset, "localize")["oracle_num_retrieved"]
+    min_shared = args.min_shared or SpatialDB.load(run.spatial_db).min_shared
+    queries = sorted(q for q in ds.queries if q in ds.gt_poses)
+
+    seen, seconds = {}, {}
+    for label, branch in DEFINITIONS.items():
+        t = time.perf_counter()
+        seen[label] = [set(visible_points(ds.queries[q].camera, ds.gt_poses[q], model.xyz, lens_branch=branch).tolist())
+                       for q in tqdm(queries, desc=f"visible points, {label}", unit="query")]
+        seconds[label] = (time.perf_counter() - t) / max(len(queries), 1)
+    aware, blind = seen["lens-aware (current)"], seen["lens-blind (before)"]
+    folded = [len(b - a) for a, b in zip(aware, blind)]  # counted by the blind definition only
+    hidden = [len(a - b) for a, b in zip(aware, blind)]  # seen, but hidden behind a folded point
+
+    db = sorted(model.point3d_ids)
+    oracle = {lab: oracle_candidates(ds, model, k, br) for lab, br in DEFINITIONS.items()}
+    positives = {lab: query_positives(ds, model, db, min_shared, br) for lab, br in DEFINITIONS.items()}
+    covis = {lab: gt_covisibility(ds, model, db, br) for lab, br in DEFINITIONS.items()}
+    changed_oracle = sum(oracle["lens-aware (current)"][q] != oracle["lens-blind (before)"][q] for q in queries)
+    changed_pos = sum(a != b for a, b in zip(*positives.values()))
+    changed_counts = sum(not np.array_equal(*(covis[lab][q] for lab in DEFINITIONS)) for q in queries)
+
+    result = {"queries": len(queries), "oracle_k": k, "min_shared": min_shared,
+              "visible_pairs": {lab: sum(map(len, s)) for lab, s in seen.items()},
+              "folded_pairs_counted_visible": int(sum(folded)), "queries_with_folded": int(sum(f > 0 for f in folded)),
+              "pairs_hidden_by_folded": int(sum(hidden)), "covisibility_counts_changed": int(changed_counts),
+              "oracle_lists_changed": int(changed_oracle), "positives_changed": int(changed_pos),
+              "ms_per_query": {lab: round(1000 * s, 2) for lab, s in seconds.items()}, "retrieval": {}}
+
+    rows = [[lab, f"{result['visible_pairs'][lab]:,}", f"{result['ms_per_query'][lab]:.1f}"] for lab in DEFINITIONS]
+    md = [f"Visible points on `{run.name}` ({len(queries)} queries with a true pose, {len(model.xyz):,} 3D points), "
+          f"lens-aware against lens-blind. Command: `python benchmarks/visible_points.py --dataset {args.dataset} "
+          f"--preset {args.preset}{f' --name {run.name}' if args.name else ''}`", "",
+          markdown_table(["definition", "(query, point) pairs visible", "ms per query"], rows), "",
+          f"- folded points the lens-blind definition counted visible: {sum(folded):,} (query, point) pairs, "
+          f"in {result['queries_with_folded']} queries",
+          f"- points really seen that they hid in the occlusion test: {sum(hidden):,}",
+          f"- queries whose covisibility counts change: {changed_counts}; whose oracle top {k} changes: "
+          f"{changed_oracle}; whose positives (>= {min_shared} shared points) change: {changed_pos}", ""]
+
+    if run.retrieval.exists():
+        r = read_npz(run.retrieval)
+        names = [str(n) for n in r["db_names"]]
+        ranked = ranked_queries(r, sorted(ds.queries))
+        conds = {q: v.condition for q, v in ds.queries.items()}
+        head = ["definition", "condition", "queries with a positive"] + [f"P@{x}" for x in KS] + [f"R@{x}" for x in KS]
+        rrows = []
+        for lab, br in DEFINITIONS.items():
+            qpos = query_positives(ds, model, names, min_shared, br)
+            for cond in ("day", "night"):
+                sel = [i for i, q in enumerate(sorted(ds.queries)) if conds[q] == cond]
+                m = retrieval_metrics(ranked[sel], [qpos[i] for i in sel], KS)
+                result["retrieval"][f"{lab}, {cond}"] = m
+                rrows.append([lab, cond, sum(1 for i in sel if qpos[i])]
+                             + [f"{m['P'][x]:.3f}" for x in KS] + [f"{m['R'][x]:.3f}" for x in KS])
+        md += ["The run's retrieval (the distilled student's ranking, `retrieval.npz`) against each definition's positives:", "",
+               markdown_table(head, rrows), ""]
+    return finish(str(args.results / f"visible_points_{run.name}"), md, result)
+
+
+if __name__ == "__main__":
+    main()
