@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 from tqdm import tqdm
 
@@ -59,6 +60,11 @@ def main(argv=None) -> dict:
     aware, blind = seen["lens-aware (current)"], seen["lens-blind (before)"]
     folded = [len(b - a) for a, b in zip(aware, blind)]  # counted by the blind definition only
     hidden = [len(a - b) for a, b in zip(aware, blind)]  # seen, but hidden behind a folded point
+    angles = []  # how far off the optical axis the folded points lie
+    for q, a, b in zip(queries, aware, blind):
+        if b - a:
+            Xc = ds.gt_poses[q].transform(model.xyz[sorted(b - a)])
+            angles += np.degrees(np.arctan(np.linalg.norm(Xc[:, :2], axis=1) / Xc[:, 2])).tolist()
 
     db = sorted(model.point3d_ids)
     oracle = {lab: oracle_candidates(ds, model, k, br) for lab, br in DEFINITIONS.items()}
@@ -70,6 +76,7 @@ def main(argv=None) -> dict:
               "visible_pairs": {lab: sum(map(len, s)) for lab, s in seen.items()},
               "folded_pairs_counted_visible": int(sum(folded)), "queries_with_folded": int(sum(f > 0 for f in folded)),
               "pairs_hidden_by_folded": int(sum(hidden)),
+              "folded_off_axis_deg": [round(min(angles), 1), round(max(angles), 1)] if angles else None,
               "oracle_lists_changed": int(changed_oracle), "positives_changed": int(changed_pos),
               "ms_per_query": {lab: round(1000 * s, 2) for lab, s in seconds.items()}, "retrieval": {}}
 
@@ -79,7 +86,8 @@ def main(argv=None) -> dict:
           f"--preset {args.preset}{f' --name {run.name}' if args.name else ''}`", "",
           markdown_table(["definition", "(query, point) pairs visible", "ms per query"], rows), "",
           f"- folded points the lens-blind definition counted visible: {sum(folded):,} (query, point) pairs, "
-          f"in {result['queries_with_folded']} queries",
+          f"in {result['queries_with_folded']} queries"
+          + (f", {min(angles):.1f}° to {max(angles):.1f}° off the optical axis" if angles else ""),
           f"- points really seen that they hid in the occlusion test: {sum(hidden):,}",
           f"- queries whose oracle top {k} changes: {changed_oracle}; whose positives (>= {min_shared} shared "
           f"points) change: {changed_pos}", ""]
