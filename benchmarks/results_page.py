@@ -72,7 +72,7 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
              "python benchmarks/acceptance_signals.py --dataset datasets/demo --preset demo"),
             ("Which statistic tells a wrong pose from a right one: a second scene (seed 1)",
              "acceptance_signals_demo-seed1.md",
-             "python benchmarks/acceptance_signals.py --dataset datasets/demo-seed1 --preset demo --name demo-seed1"),
+             "python benchmarks/acceptance_signals.py --dataset datasets/demo-seed1 --preset demo --name demo-seed1 --seed 1"),
             ("Descriptor-matching kernel (Intel Xeon)", "matching_kernel.md",
              "python benchmarks/matching_kernel.py --features outputs/demo/features.h5 --pairs outputs/demo/pairs-db.txt"),
             ("Descriptor-matching kernel (AMD EPYC, AVX2 only: no int8 products)", "matching_kernel_epyc.md",

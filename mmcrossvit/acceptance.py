@@ -51,11 +51,17 @@ def rival_ratio(inliers: list[int], poses: list[Pose | None], center: np.ndarray
     most inliers of a candidate placed over `radius` metres away (a rival place) over the most of
     one placed within it, or over 1 when none is. High: another place explains the query about as
     well (a repeated facade, a wrong street)."""
+    return rival_ratio_at([None if p is None else float(np.linalg.norm(p.center - center)) for p in poses],
+                          inliers, radius)
+
+
+def rival_ratio_at(distances: list[float | None], inliers: list[int], radius: float) -> float:
+    """`rival_ratio` from each candidate's distance to the pose (None: no pose of its own)."""
     near = far = 0
-    for k, p in zip(inliers, poses):
-        if p is None:
+    for k, d in zip(inliers, distances):
+        if d is None:
             continue
-        if np.linalg.norm(p.center - center) > radius:
+        if d > radius:
             far = max(far, k)
         else:
             near = max(near, k)

@@ -32,7 +32,9 @@ ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
 SETTINGS = ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility", "min_inliers", "seed")
 # settings a run records only when they are on (their 'off' value otherwise)
-OPTIONAL = {"min_coverage": 0.0, "max_rival_ratio": 0.0, "rerank_agree": 5.0, "rerank_points": False}
+# rival_radius None: a run from before --rival-radius, whose radius was --rerank-agree
+OPTIONAL = {"min_coverage": 0.0, "max_rival_ratio": 0.0, "rerank_agree": 5.0, "rerank_points": False,
+            "rival_radius": None}
 # per-query columns that are numbers (medians are taken of these)
 NUMERIC = ("retrieved", "matches", "correspondences", "gt_correspondences", "inliers", "gt_inliers",
            "distinct_inliers", "inlier_keypoints",

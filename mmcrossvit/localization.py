@@ -254,7 +254,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
                    device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False,
                    rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best",
-                   max_rival_ratio: float = 0.0) -> QueryResult:
+                   max_rival_ratio: float = 0.0, rival_radius: float = 5.0) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
@@ -274,7 +274,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     With `max_rival_ratio` > 0, an accepted pose is also tested against other places: every
     candidate gets its own PnP (`candidate_pose`) on the matches the query already has with it (the
     re-ranking's scoring matches, else the full ones), and the pose fails when `rival_ratio`
-    (radius `rerank_agree`) reaches `max_rival_ratio`.
+    (radius `rival_radius` metres) reaches `max_rival_ratio`.
 
     COLMAP's RANSAC is reseeded per query, so a query's pose does not depend on which queries
     ran before it (an interrupted run resumes to identical results)."""
@@ -347,7 +347,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             if n not in own and len(m.keypoints) >= 4:  # fewer: no pose (estimate_pose)
                 own[n] = candidate_pose(model, qf, m, camera, max_error, seed)
         ranked = list(own.values())
-        rival = rival_ratio([k for k, _ in ranked], [p for _, p in ranked], best[0].center, rerank_agree)
+        rival = rival_ratio([k for k, _ in ranked], [p for _, p in ranked], best[0].center, rival_radius)
         extra["rival"] = round(rival, 4)
         secs["pnp"] = round(secs["pnp"] + time.time() - ta, 4)
         if rival < max_rival_ratio:

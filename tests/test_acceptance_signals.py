@@ -94,11 +94,33 @@ def test_rival_ratio_by_hand():
     assert rival_ratio([40, 30], [at(1), at(8)], c, 10.0) == 0.0    # the radius decides what is elsewhere
 
 
+def test_rival_grid_counts_what_each_setting_rejects_and_loses():
+    """Each (radius, ratio) of the grid rejects the poses whose ratio at that radius reaches the cut,
+    only among those passing the coverage rule, and counts wrong ones and lost fine ones by condition."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    from acceptance_signals import rival_grid
+
+    def row(own, wrong=False, fine=False, condition="day", coverage=0.5):
+        return {"own": own, "wrong": wrong, "fine": fine, "condition": condition, "coverage": coverage}
+    rows = [row([[10, 1.0], [8, 15.0]], wrong=True),                      # ratio 0.8 at 10 m, 0 at 20 m
+            row([[20, 0.0], [6, 30.0], [50, None]], fine=True, condition="night"),  # 0.3 at both
+            row([[12, 2.0], [12, 60.0]], fine=True),                        # 1.0 at both
+            row([[5, 0.0], [40, 90.0]], wrong=True, coverage=0.01)]         # fails the coverage rule
+    grid = {(g["radius"], g["ratio"]): g for g in rival_grid(rows, 0.02, [10.0, 20.0], [0.25, 0.9])}
+    assert all(g["poses"] == 3 and g["wrong"] == 1 and g["fine_day"] == 1 and g["fine_night"] == 1
+               for g in grid.values())
+    assert [grid[10.0, 0.25][k] for k in ("wrong_rejected", "fine_lost_day", "fine_lost_night")] == [1, 1, 1]
+    assert [grid[10.0, 0.9][k] for k in ("wrong_rejected", "fine_lost_day", "fine_lost_night")] == [0, 1, 0]
+    assert [grid[20.0, 0.25][k] for k in ("wrong_rejected", "fine_lost_day", "fine_lost_night")] == [0, 1, 1]
+    assert len(rival_grid(rows, 0.0, [10.0], [0.25])) == 1 and rival_grid(rows, 0.0, [10.0], [0.25])[0]["poses"] == 4
+
+
 def test_place_ratio_test_rejects_from_its_logged_ratio(tiny_run):
     """The test's value is logged; a run with a threshold rejects exactly the poses at or above
     it; the benchmark recomputes the same value from the run's matches."""
     _, run = tiny_run
-    common = dict(retrieval="oracle", workers=1, rerank_agree=2.0)
+    common = dict(retrieval="oracle", workers=1, rival_radius=2.0)
     execute(localize, run, cli.settings(localize, "paper", tag="rival-log", max_rival_ratio=1e9, **common))
     logged = {r["query"]: r for r in map(json.loads, open(run.localization_log("rival-log")))}
     accepted = {q: r for q, r in logged.items() if r["success"]}
@@ -113,6 +135,9 @@ def test_place_ratio_test_rejects_from_its_logged_ratio(tiny_run):
         assert cut_log[q]["success"] == (r["success"] and r["rival_ratio"] < cut), q
     with pytest.raises(DataError, match="--max-rival-ratio must be >= 0"):
         execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=-1.0, **common))
+    with pytest.raises(DataError, match="--rival-radius must be > 0"):
+        execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=cut,
+                                            **{**common, "rival_radius": 0.0}))
     if BENCH not in sys.path:
         sys.path.insert(0, BENCH)
     from acceptance_signals import own_rival_ratio

@@ -83,8 +83,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "--rerank-keep by score); used only with --rerank")
     g.add_argument("--rerank-agree", type=float, default=S,
                    help="metres between a verified candidate's camera centre and the best one's for it to be "
-                        "pooled (the benchmark's coarsest threshold is 5 m); used with --rerank-pnp, and as the "
-                        "radius beyond which --max-rival-ratio counts a candidate as another place")
+                        "pooled (the benchmark's coarsest threshold is 5 m); used with --rerank-pnp")
     g.add_argument("--rerank-fallback", choices=RERANK_FALLBACKS, default=S,
                    help="when no verified candidate reaches --min-inliers on its own: pool the best-verified "
                         "one alone (best) or the best --rerank-keep by score, as without --rerank-pnp (scores); "
@@ -101,9 +100,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "a failure (0: off; benchmarks/results/inlier_coverage.md)")
     g.add_argument("--max-rival-ratio", type=float, default=S,
                    help="the place ratio test: every candidate gets a PnP of its own, and an accepted pose fails "
-                        "when the best candidate placed over --rerank-agree metres from it has at least this "
+                        "when the best candidate placed over --rival-radius metres from it has at least this "
                         "fraction of the inliers of the best one placed near it (0: off; "
                         "benchmarks/results/acceptance_signals*.md)")
+    g.add_argument("--rival-radius", type=float, default=S,
+                   help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
+                        "test counts it as another place (used only with --max-rival-ratio)")
     g = p.add_argument_group("resources (the results do not depend on them)")
     g.add_argument("--workers", type=int, default=S, help="processes localizing queries (0: one per CPU core)")
     g.add_argument("--device", choices=CHOICES, default=S, help=HELP + "; used for descriptor matching")
@@ -147,6 +149,8 @@ def check(run: RunLayout, cfg) -> None:
                               f"{cfg.rerank_pnp} and {cfg.rerank_agree}")
     if (getattr(cfg, "max_rival_ratio", 0) or 0) < 0:
         raise DataError(None, f"--max-rival-ratio must be >= 0 (0: off), got {cfg.max_rival_ratio}")
+    if (getattr(cfg, "max_rival_ratio", 0) or 0) > 0 and not cfg.rival_radius > 0:
+        raise DataError(None, f"--rival-radius must be > 0 metres with --max-rival-ratio, got {cfg.rival_radius}")
     if getattr(cfg, "rerank_fallback", "best") not in RERANK_FALLBACKS:
         raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, "
                               f"got {cfg.rerank_fallback!r}")
@@ -204,12 +208,12 @@ def _localize_init(model: SfMModel, features: Path, opts: tuple):
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
     model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points,
-                      rerank_pnp, rerank_agree, rerank_fallback, max_rival_ratio) = state
+                      rerank_pnp, rerank_agree, rerank_fallback, max_rival_ratio, rival_radius) = state
     q, camera, cands, threshold = job
     r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
                        rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points,
                        rerank_pnp=rerank_pnp, rerank_agree=rerank_agree, rerank_fallback=rerank_fallback,
-                       max_rival_ratio=max_rival_ratio)
+                       max_rival_ratio=max_rival_ratio, rival_radius=rival_radius)
     return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
 
 
@@ -264,8 +268,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                 settings.update(rerank_fallback=cfg.rerank_fallback)
     if cfg.min_coverage:  # likewise: rows localized without the coverage rule keep their keys
         settings.update(min_coverage=cfg.min_coverage)
-    if cfg.max_rival_ratio:  # likewise for the place ratio test (its radius is --rerank-agree)
-        settings.update(max_rival_ratio=cfg.max_rival_ratio, rival_radius=cfg.rerank_agree)
+    if cfg.max_rival_ratio:  # likewise for the place ratio test
+        settings.update(max_rival_ratio=cfg.max_rival_ratio, rival_radius=cfg.rival_radius)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
     keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
@@ -287,7 +291,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                  ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
         opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
                 bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree,
-                cfg.rerank_fallback, cfg.max_rival_ratio)
+                cfg.rerank_fallback, cfg.max_rival_ratio, cfg.rival_radius)
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],
