@@ -57,18 +57,13 @@ def own_poses(model: SfMModel, store: FeatureStore, s: dict, r: dict, q) -> list
                            thr, s["seed"]) for n in r.get("candidates") or r["retrieved"]]
 
 
-def rival_radius(s: dict) -> float:
-    """The run's radius of the place ratio test (runs from before --rival-radius used --rerank-agree)."""
-    return s["rival_radius"] or s["rerank_agree"]
-
-
 def own_rival_ratio(model: SfMModel, store: FeatureStore, s: dict, r: dict, q, pose, own: list | None = None) -> float:
     """`acceptance.rival_ratio` of `pose` as localize.py --max-rival-ratio computes it (`own_poses`,
     unless given); the log's value when the run had the test on."""
     if r.get("rival_ratio") is not None:
         return r["rival_ratio"]
     own = own_poses(model, store, s, r, q) if own is None else own
-    return rival_ratio([k for k, _ in own], [p for _, p in own], pose.center, rival_radius(s))
+    return rival_ratio([k for k, _ in own], [p for _, p in own], pose.center, s["rival_radius"])
 
 
 def signals(run: RunLayout, ds: Dataset, model: SfMModel, s: dict, log: Path) -> list[dict]:

@@ -32,7 +32,7 @@ ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
 SETTINGS = ("ratio", "ransac_max_error", "ransac_ref_size", "covisibility", "min_inliers", "seed")
 # settings a run records only when they are on (their 'off' value otherwise)
-# rival_radius None: a run from before --rival-radius, whose radius was --rerank-agree
+# rival_radius None: a run from before --rival-radius, whose radius was --rerank-agree (filled in below)
 OPTIONAL = {"min_coverage": 0.0, "max_rival_ratio": 0.0, "rerank_agree": 5.0, "rerank_points": False,
             "rival_radius": None}
 # per-query columns that are numbers (medians are taken of these)
@@ -90,8 +90,10 @@ def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple
     if path.exists():
         recorded = read_json(path).get("settings", {})
         if all(k in recorded for k in SETTINGS):
-            return {**{k: recorded[k] for k in SETTINGS},
-                    **{k: recorded.get(k, off) for k, off in OPTIONAL.items()}}, str(path)
+            s = {**{k: recorded[k] for k in SETTINGS}, **{k: recorded.get(k, off) for k, off in OPTIONAL.items()}}
+            if s["rival_radius"] is None:
+                s["rival_radius"] = s["rerank_agree"]
+            return s, str(path)
     s = presets.step_settings(preset, "localize")
     s = {k: s[k] for k in (*SETTINGS, *OPTIONAL)}
     if seed is not None:
