@@ -15,6 +15,8 @@ images and the viewpoint change. Each query gets a failure kind:
     retrieval miss       failed; no retrieved image sees >= --min-shared of the query's points
     no correspondences   failed; fewer than 4 2D-3D correspondences
     few inliers          failed otherwise (RANSAC found too few inliers)
+    pose rejected        failed: RANSAC found a pose that a rule beyond the inlier count
+                         (--min-inlier-coverage, --max-rival-ratio) rejected
 
 Writes outputs/<name>/[<tag>/]diagnosis/ (queries.csv, summary.json, summary.md, failures.png)
 and the table as <results>/diagnosis_<name>[_<tag>].{md,json}. Without a recorded settings file
@@ -57,7 +59,8 @@ MEDIANS = (("correspondences", "corr.", ".0f"), ("gt_correspondences", "GT-consi
            ("best_retrieved_angle_deg", "to best retrieved °", ".1f"),
            ("best_db_distance_m", "to best db m", ".1f"), ("best_db_angle_deg", "to best db °", ".1f"))
 COLOURS = {"localized": "#2ca02c", "inaccurate": "#bcbd22", "wrong pose accepted": "#d62728",
-           "retrieval miss": "#9467bd", "no correspondences": "#7f7f7f", "few inliers": "#ff7f0e"}
+           "retrieval miss": "#9467bd", "no correspondences": "#7f7f7f", "few inliers": "#ff7f0e",
+           "pose rejected": "#17becf"}
 
 
 def min_shared_of(run: RunLayout, preset: str) -> tuple[int, str]:
@@ -190,7 +193,8 @@ def main(argv=None) -> dict:
     notes.append(f"Kinds: *localized* accepted within ({FINEST[0]:g} m, {FINEST[1]:g}°); *inaccurate* accepted within "
                  f"({COARSEST[0]:g} m, {COARSEST[1]:g}°) only; *wrong pose accepted* beyond it; failures: *retrieval "
                  f"miss* (no covisible image retrieved), *no correspondences* (< {MIN_PNP}), else *few inliers* "
-                 f"(< min_inliers = {settings['min_inliers']}). Distinct inliers: different (image position, 3D point) "
+                 f"(< min_inliers = {settings['min_inliers']}), or *pose rejected* (by the coverage rule or the place "
+                 "ratio test). Distinct inliers: different (image position, 3D point) "
                  "pairs; SIFT can put several keypoints (orientations) at one image position.")
     if unlogged:
         notes.append(f"**{len(unlogged)} queries with ground truth are not in the log** (e.g. {unlogged[0]}).")

@@ -26,7 +26,8 @@ from .geometry import Pose, pose_error
 from .localization import SfMModel, correspondences, localize_query, ransac_threshold
 
 FINEST, COARSEST = THRESHOLDS[0], THRESHOLDS[-1]
-KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers")
+KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers",
+         "pose rejected")
 MIN_PNP = 4  # fewer 2D-3D correspondences than this and PnP cannot run (estimate_pose's limit)
 ALL = "all"
 # the localization settings the diagnosis re-runs with (as localize.main passes them)
@@ -56,9 +57,10 @@ def gt_consistent(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
 
 
 def failure_kind(success: bool, position_error: float, rotation_error: float, num_correspondences: int,
-                 covisible_retrieved: int) -> str:
+                 covisible_retrieved: int, rejected_by: str | None = None) -> str:
     """One of KINDS. Accepted poses are judged by the benchmark's finest and coarsest thresholds;
-    failures by the first stage that broke: retrieval, then matching, then RANSAC."""
+    failures by the first stage that broke: retrieval, then matching, then RANSAC, then a rule
+    beyond the inlier count (coverage, place ratio) rejecting the pose RANSAC found."""
     if success:
         if position_error <= FINEST[0] and rotation_error <= FINEST[1]:
             return "localized"
@@ -69,6 +71,8 @@ def failure_kind(success: bool, position_error: float, rotation_error: float, nu
         return "retrieval miss"
     if num_correspondences < MIN_PNP:
         return "no correspondences"
+    if rejected_by not in (None, "inliers"):
+        return "pose rejected"
     return "few inliers"
 
 
@@ -160,7 +164,7 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
         "reproduced": inliers == int(r.num_inliers),
         "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist(),
     }
-    row["kind"] = failure_kind(r.success, dt, dr, row["correspondences"], row["covisible_retrieved"])
+    row["kind"] = failure_kind(r.success, dt, dr, row["correspondences"], row["covisible_retrieved"], r.rejected_by)
     return row
 
 

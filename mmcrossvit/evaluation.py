@@ -75,6 +75,43 @@ def wrong_accepted(rows: list[dict], truth: dict[str, Pose]) -> dict[str, int]:
     return out
 
 
+STATUSES = ("localized", "unverified", "fallback")
+
+
+def pose_status(rows: list[dict], truth: dict[str, Pose]) -> dict[str, dict[str, dict[str, int]]]:
+    """{condition: {status: {"n", "fine", "wrong"}}} of localization-log rows, 'all' included:
+    localized (every rule passed), unverified (a pose a rule rejected: its estimate is judged) and
+    fallback (no PnP pose; the stand-in is judged). fine: within the finest threshold; wrong:
+    beyond the loosest (5 m, 10°). Wrong localized poses are the ones the rules failed to catch."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    (fm, fd), (wm, wd) = THRESHOLDS[0], THRESHOLDS[-1]
+    for r in rows:
+        if r["query"] not in truth:
+            continue
+        if r["success"]:
+            status, qt = "localized", (r["qvec"], r["tvec"])
+        elif r.get("estimate"):
+            status, qt = "unverified", (r["estimate"]["qvec"], r["estimate"]["tvec"])
+        else:
+            status, qt = "fallback", (r["qvec"], r["tvec"])
+        dt, dr = pose_error(Pose.from_qt(*qt), truth[r["query"]])
+        for c in (r.get("condition", "unknown"), "all"):
+            cell = out.setdefault(c, {k: {"n": 0, "fine": 0, "wrong": 0} for k in STATUSES})[status]
+            cell["n"] += 1
+            cell["fine"] += int(dt <= fm and dr <= fd)
+            cell["wrong"] += int(dt > wm or dr > wd)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] == "all", kv[0])))
+
+
+def format_status(table: dict, title: str) -> str:
+    lines = [f"| {title} | localized | of them wrong | unverified | of them within (0.25m, 2°) | of them wrong "
+             "| fallback |", "|---|---|---|---|---|---|---|"]
+    for c, t in table.items():
+        lo, un, fb = (t[k] for k in STATUSES)
+        lines.append(f"| {c} | {lo['n']} | {lo['wrong']} | {un['n']} | {un['fine']} | {un['wrong']} | {fb['n']} |")
+    return "\n".join(lines)
+
+
 def missing_queries(estimates: dict, truth: dict) -> list[str]:
     """Queries with a true pose but no estimate (sorted): localization_table counts them failed."""
     return sorted(set(truth) - set(estimates))

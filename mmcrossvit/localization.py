@@ -48,6 +48,10 @@ class SfMModel:
         return self._order[np.searchsorted(self.point_ids, ids, sorter=self._order)]
 
 
+# the rules that can reject a pose RANSAC found (QueryResult.rejected_by)
+REJECTIONS = ("inliers", "coverage", "place ratio")
+
+
 @dataclass
 class QueryResult:
     name: str
@@ -69,6 +73,10 @@ class QueryResult:
     pnp_inliers: list[int] | None = None
     # with the place ratio test (max_rival_ratio): the accepted pose's rival ratio (`rival_ratio`)
     rival: float | None = None
+    # a pose RANSAC found that a rule then rejected ("inliers", "coverage" or "place ratio"): `pose`
+    # is the stand-in, `estimate` the rejected pose (hloc would write it; localize.py --unverified-pose)
+    rejected_by: str | None = None
+    estimate: Pose | None = field(default=None, repr=False)
 
     def log_row(self) -> dict:
         row = {"query": self.name, "success": self.success, "matches": self.num_matches,
@@ -79,6 +87,8 @@ class QueryResult:
             row.update(pnp_inliers=self.pnp_inliers)
         if self.rival is not None:
             row.update(rival_ratio=self.rival)
+        if self.rejected_by is not None:
+            row.update(rejected_by=self.rejected_by)
         return row
 
 
@@ -255,7 +265,9 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                    device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False,
                    rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best",
                    max_rival_ratio: float = 0.0, rival_radius: float = 5.0) -> QueryResult:
-    """Localize one query; on failure its pose is the top retrieved image's (as hloc does).
+    """Localize one query; on failure its pose is the top retrieved image's (as hloc does), and a
+    pose RANSAC found but a rule rejected (too few inliers, coverage, place ratio) is kept as the
+    result's `estimate`, the rule named in `rejected_by`.
     `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
 
@@ -352,6 +364,11 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
         secs["pnp"] = round(secs["pnp"] + time.time() - ta, 4)
         if rival < max_rival_ratio:
             return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
+        rejected = "place ratio"
+    elif best is not None:
+        rejected = "inliers" if best[1].sum() < min_inliers else "coverage"
+    if best is not None:
+        extra.update(rejected_by=rejected, estimate=best[0])
     fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
     return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
                        *hyp, **extra)

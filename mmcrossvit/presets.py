@@ -67,6 +67,9 @@ _PAPER = {
                      # the place ratio test, off as in the paper (localize.py --max-rival-ratio); a rival is a
                      # candidate whose own pose lies over rival_radius metres away
                      max_rival_ratio=0.0, rival_radius=5.0,
+                     # a pose a rule rejects still goes to the results file (as hloc writes every pose RANSAC
+                     # finds): the rules decide what counts as localized, not what the benchmark scores
+                     unverified_pose="estimate",
                      # one process: more were measured slower on 2 and on 16 cores (benchmarks/results/workers.md)
                      workers=1, device="auto"),
     "evaluate": dict(),
@@ -127,10 +130,12 @@ PRESETS: dict[str, dict] = {
         # when no candidate verifies on its own (12 inliers), pool the best 20 by score instead of the best
         # one alone: night 46 -> 52% (seed 0) / 70 -> 74% (seed 1) at (0.25 m, 2°), day 88 -> 86% / 94 -> 94%,
         # wrong poses accepted 1 -> 2 / 1 -> 1 (README, re-ranking)
-        # the place ratio test stays off (max_rival_ratio): no (radius, ratio) of its grid
-        # (benchmarks/results/acceptance_signals_demo*.md) rejects every wrong pose on both demo scenes
-        # without losing night poses; at (5 m, 0.625) the seed-1 scene keeps a wrong student pose (README, acceptance)
-        localize=dict(oracle_num_retrieved=20, rerank=100, rerank_keep=20, min_coverage=0.02, rerank_fallback="scores"),
+        # the place ratio test at (5 m, 0.5): the one cell of its grid (benchmarks/results/
+        # acceptance_signals_demo*.md) that rejects every wrong pose on both demo scenes; the correct poses
+        # it rejects too (up to 1 day and 7 night per run) stay in the results file as unverified
+        # estimates (unverified_pose), so it costs the benchmark nothing (README, acceptance)
+        localize=dict(oracle_num_retrieved=20, rerank=100, rerank_keep=20, min_coverage=0.02, rerank_fallback="scores",
+                      max_rival_ratio=0.5),
     ),
     "tiny": _derive(
         _PAPER,

@@ -73,6 +73,17 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines log (one object per line); a torn line (an interrupted write) ends it."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
 def to_json(o):
     """`o` with numpy values, paths and tuples made plain, and NaN / +-inf made None."""
     if isinstance(o, dict):

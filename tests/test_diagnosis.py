@@ -80,6 +80,10 @@ def test_failure_kind_uses_the_benchmark_thresholds():
     assert failure_kind(False, 0.0, 0.0, 500, 0) == "retrieval miss"  # retrieval is judged first
     assert failure_kind(False, 0.0, 0.0, 3, 2) == "no correspondences"
     assert failure_kind(False, 0.0, 0.0, 4, 2) == "few inliers"
+    assert failure_kind(False, 0.0, 0.0, 4, 2, "inliers") == "few inliers"
+    assert failure_kind(False, 0.0, 0.0, 40, 2, "coverage") == "pose rejected"  # a rule beyond the count
+    assert failure_kind(False, 0.0, 0.0, 40, 2, "place ratio") == "pose rejected"
+    assert failure_kind(False, 0.0, 0.0, 40, 0, "place ratio") == "retrieval miss"
 
 
 def test_summarise_counts_and_medians():

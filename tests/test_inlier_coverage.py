@@ -60,3 +60,47 @@ def test_the_rule_rejects_poses_below_the_coverage(tiny_run):
         assert back["success"] == r["success"]
         if r["success"]:
             assert back["coverage"] == r["coverage"] and np.allclose(back["pose"].t, r["pose"].t)
+
+
+def test_a_rejected_pose_is_unverified_and_the_results_file_holds_its_estimate(tiny_run):
+    """The rules decide what counts as localized; --unverified-pose decides what the results file
+    holds for a rejected pose (its estimate, or the stand-in), from the same log rows."""
+    from mmcrossvit.colmap_io import read_poses
+    from mmcrossvit.evaluation import pose_status
+    from mmcrossvit.storage import read_jsonl
+    _, run = tiny_run
+    ds = Dataset(run.dataset)
+    loc = lambda tag, **kw: execute(localize, run, cli.settings(localize, "paper", retrieval="oracle", tag=tag,  # noqa: E731
+                                                                  workers=1, **kw))
+    s_off = loc("unv-off", min_coverage=0.0)
+    s_est = loc("unv-all", min_coverage=1.01)
+    rows_off = {r["query"]: r for r in read_jsonl(run.localization_log("unv-off"))}
+    rows = {r["query"]: r for r in read_jsonl(run.localization_log("unv-all"))}
+    good = sorted(q for q, r in rows_off.items() if r["success"])
+    assert good and s_off["localized"] == len(good) and s_est["localized"] == 0
+    # every pose the rule-free run accepted is now rejected by the coverage rule, its estimate kept
+    assert s_est["unverified"]["coverage"] == good
+    for q in good:
+        assert rows[q]["rejected_by"] == "coverage" and not rows[q]["success"]
+        assert rows[q]["estimate"] == {"qvec": rows_off[q]["qvec"], "tvec": rows_off[q]["tvec"]}
+    off, est = read_poses(run.results_file("unv-off")), read_poses(run.results_file("unv-all"))
+    assert off.keys() == est.keys()
+    for name in off:  # the same poses go to the benchmark, rule or no rule
+        assert np.allclose(off[name].qvec, est[name].qvec) and np.allclose(off[name].t, est[name].t)
+    assert not set(good) & set(s_est["fallback_poses"]["top retrieved image"])
+
+    # the stand-ins instead: the same rows are reused (the setting is not part of their key)
+    s_fb = loc("unv-all", min_coverage=1.01, unverified_pose="fallback")
+    assert [r["key"] for r in read_jsonl(run.localization_log("unv-all"))] == [r["key"] for r in rows.values()]
+    fb = read_poses(run.results_file("unv-all"))
+    for q in good:
+        name = ds.results_name(q)
+        assert np.allclose(fb[name].qvec, rows[q]["qvec"]) and not np.allclose(fb[name].t, off[name].t)
+    assert set(good) <= set(s_fb["fallback_poses"]["top retrieved image"])
+
+    # the evaluation's pose status judges each query's own estimate
+    st = pose_status(list(rows.values()), ds.gt_poses)["all"]
+    assert st["localized"]["n"] == 0 and st["unverified"]["n"] == sum("estimate" in r for r in rows.values())
+    assert st["unverified"]["n"] + st["fallback"]["n"] == len(rows)
+    st_off = pose_status(list(rows_off.values()), ds.gt_poses)["all"]
+    assert st_off["localized"]["n"] == len(good) and st["unverified"]["fine"] >= st_off["localized"]["fine"]

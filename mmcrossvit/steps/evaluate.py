@@ -29,17 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..evaluation import (EVAL_KS, format_localization, format_retrieval, load_results, localization_table,
-                          missing_queries, query_positives, ranked_queries, retrieval_metrics)
+from ..evaluation import (EVAL_KS, format_localization, format_retrieval, format_status, load_results,
+                          localization_table, missing_queries, pose_status, query_positives, ranked_queries,
+                          retrieval_metrics)
 from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel
-from ..paths import RunLayout
+from ..paths import ORACLE_TAG, RunLayout
 from ..spatial_db import SpatialDB
-from ..storage import read_npz, write_json, write_text
+from ..storage import read_jsonl, read_npz, write_json, write_text
 
 STEP = "evaluate"
 S = argparse.SUPPRESS
 RUN_RESULTS = {"student retrieval": "results", "oracle retrieval": "oracle_results"}  # label: RunLayout path
+RUN_TAGS = {"student retrieval": "", "oracle retrieval": ORACLE_TAG}  # label: the localization's tag
 NAMED_MISSING = 5  # missing queries named in the report
 
 
@@ -93,7 +95,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if not sources and not run.retrieval.exists():
         raise DataError(run.results, "no results file to evaluate (and no retrieval); run localize.py first, "
                                      "or name one with --results")
-    report: dict = {"localization": {}, "retrieval": {}, "results": {}, "benchmark_format": {}}
+    report: dict = {"localization": {}, "pose_status": {}, "retrieval": {}, "results": {}, "benchmark_format": {}}
     md = [f"# Evaluation of `{run.name}`\n"]
     for label, path in sources:
         est = load_results(path, ds)
@@ -103,6 +105,11 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         report["results"][label] = {"file": str(path), "poses": len(est), "queries": len(ds.gt_poses),
                                     "missing": len(missing), "missing_first": missing[:NAMED_MISSING]}
         md += [format_localization(table, label), ""]
+        log_path = run.localization_log(RUN_TAGS[label]) if label in RUN_TAGS else None
+        if log_path is not None and log_path.exists():  # what the run trusted, and how right it was
+            status = pose_status(read_jsonl(log_path), ds.gt_poses)
+            report["pose_status"][label] = status
+            md += [format_status(status, label), ""]
         if missing:
             note = (f"{len(missing)} of {len(ds.gt_poses)} queries have no pose in {path} (counted as failures), "
                     f"e.g. {', '.join(missing[:NAMED_MISSING])}")

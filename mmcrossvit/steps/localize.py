@@ -3,8 +3,13 @@
 For each query: SIFT features (same extractor and settings as the database), mutual nearest
 neighbour + ratio-test matches against each retrieved database image, 2D-3D correspondences
 through the database keypoints' triangulated points, optional covisibility clustering, then
-`pycolmap.estimate_and_refine_absolute_pose` with the query's own camera. A query that cannot be
-localized gets the pose of its top retrieved image (as hloc does) and is listed as failed.
+`pycolmap.estimate_and_refine_absolute_pose` with the query's own camera. A query counts as
+localized when its pose passes every rule (--min-inliers, --min-inlier-coverage, --max-rival-ratio).
+One whose pose a rule rejects is unverified: the results file holds its PnP estimate all the same
+(--unverified-pose estimate, as hloc writes every pose RANSAC finds) or the top retrieved image's
+pose (--unverified-pose fallback). A query with no PnP pose at all gets the top retrieved image's
+pose (as hloc does). The summary and the log list the localized, the unverified (by rule) and the
+fallback poses apart, so the rules decide what is trusted without costing the benchmark a pose.
 
 Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy qz tx ty tz",
 world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
@@ -48,14 +53,17 @@ from .. import records
 from ..features import FeatureStore, extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
-from ..localization import RERANK_FALLBACKS, SfMModel, localize_query, ransac_threshold
+from ..localization import REJECTIONS, RERANK_FALLBACKS, SfMModel, localize_query, ransac_threshold
 from ..parallel import ordered_map, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
-from ..storage import write_json
+from ..storage import read_jsonl, write_json
 
 log = logging.getLogger("localize")
 STEP = "localize"
 S = argparse.SUPPRESS
+UNVERIFIED_POSES = ("estimate", "fallback")
+# rows of an older log lack the rejected estimates: part of every row's key, so they are recomputed
+LOG_FORMAT = 2
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +111,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "when the best candidate placed over --rival-radius metres from it has at least this "
                         "fraction of the inliers of the best one placed near it (0: off; "
                         "benchmarks/results/acceptance_signals*.md)")
+    g.add_argument("--unverified-pose", choices=UNVERIFIED_POSES, default=S,
+                   help="what the results file holds for a query whose PnP pose a rule rejected: the estimate "
+                        "(as hloc, which writes every pose RANSAC finds; the rules then only decide what counts "
+                        "as localized) or the top retrieved image's pose (fallback); the log keeps both")
     g.add_argument("--rival-radius", type=float, default=S,
                    help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
                         "test counts it as another place (used only with --max-rival-ratio)")
@@ -151,6 +163,9 @@ def check(run: RunLayout, cfg) -> None:
         raise DataError(None, f"--max-rival-ratio must be >= 0 (0: off), got {cfg.max_rival_ratio}")
     if (getattr(cfg, "max_rival_ratio", 0) or 0) > 0 and not cfg.rival_radius > 0:
         raise DataError(None, f"--rival-radius must be > 0 metres with --max-rival-ratio, got {cfg.rival_radius}")
+    if getattr(cfg, "unverified_pose", "estimate") not in UNVERIFIED_POSES:
+        raise DataError(None, f"--unverified-pose must be one of {', '.join(UNVERIFIED_POSES)}, "
+                              f"got {cfg.unverified_pose!r}")
     if getattr(cfg, "rerank_fallback", "best") not in RERANK_FALLBACKS:
         raise DataError(None, f"--rerank-fallback must be one of {', '.join(RERANK_FALLBACKS)}, "
                               f"got {cfg.rerank_fallback!r}")
@@ -214,20 +229,25 @@ def _localize_one(state, job) -> dict:
                        rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points,
                        rerank_pnp=rerank_pnp, rerank_agree=rerank_agree, rerank_fallback=rerank_fallback,
                        max_rival_ratio=max_rival_ratio, rival_radius=rival_radius)
-    return {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
+    row = {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
+    if r.estimate is not None:  # a rejected pose: qvec / tvec are the stand-in's
+        row.update(estimate={"qvec": r.estimate.qvec.tolist(), "tvec": r.estimate.t.tolist()})
+    return row
+
+
+def written_pose(row: dict, unverified_pose: str) -> tuple[Pose, str]:
+    """The pose a log row puts in the results file, and what it is: "localized", "unverified"
+    (a rejected estimate, with --unverified-pose estimate) or the stand-in's kind."""
+    if row["success"]:
+        return Pose.from_qt(row["qvec"], row["tvec"]), "localized"
+    if unverified_pose == "estimate" and row.get("estimate"):
+        return Pose.from_qt(row["estimate"]["qvec"], row["estimate"]["tvec"]), "unverified"
+    return Pose.from_qt(row["qvec"], row["tvec"]), row.get("fallback") or "top retrieved image"
 
 
 def _read_log(path: Path) -> dict[str, dict]:
     """Rows of an earlier run's log by query; a torn last line (an interruption) ends it."""
-    done: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["query"]] = row
-            except (ValueError, KeyError):
-                break
-    return done
+    return {r["query"]: r for r in read_jsonl(path) if "query" in r} if path.exists() else {}
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
@@ -270,6 +290,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         settings.update(min_coverage=cfg.min_coverage)
     if cfg.max_rival_ratio:  # likewise for the place ratio test
         settings.update(max_rival_ratio=cfg.max_rival_ratio, rival_radius=cfg.rival_radius)
+    settings.update(log_format=LOG_FORMAT)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
     keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
@@ -300,14 +321,18 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row
-    poses = {ds.results_name(q): Pose.from_qt(r["qvec"], r["tvec"]) for q, r in sorted(done.items())}
-    write_poses(results_path, poses)
+    written = {q: written_pose(r, cfg.unverified_pose) for q, r in sorted(done.items())}
+    write_poses(results_path, {ds.results_name(q): pose for q, (pose, _) in written.items()})
     check_results_file(results_path, ds)  # the benchmark's format: every query once, basenames, unit quaternions
     failed = sorted(q for q, r in done.items() if not r["success"])
-    fallback = {kind: sorted(q for q in failed if done[q].get("fallback") == kind)
+    unverified = {rule: sorted(q for q in failed if done[q].get("rejected_by") == rule) for rule in REJECTIONS}
+    fallback = {kind: sorted(q for q, (_, what) in written.items() if what == kind)
                 for kind in ("top retrieved image", "identity")}
     times = np.array([sum(r["seconds"].values()) for r in done.values()])
     summary = {"queries": len(done), "localized": len(done) - len(failed), "failed": failed,
+               # poses RANSAC found that a rule rejected, by rule; in the results file with --unverified-pose estimate
+               "unverified": unverified, "unverified_pose": cfg.unverified_pose,
+               # queries whose results-file pose is a stand-in, not an estimate
                "fallback_poses": fallback,
                "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
                "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
@@ -317,9 +342,12 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "results": str(results_path),
                "matching_threads": torch.get_num_threads(), "workers": resolve_workers(cfg.workers)}
     write_json(run.localization_summary(tag), summary)
-    print(f"{summary['localized']}/{summary['queries']} queries localized "
-          f"({len(fallback['top retrieved image'])} got the top retrieved image's pose, "
-          f"{len(fallback['identity'])} the identity: listed in {run.localization_summary(tag).name}) -> {results_path}")
+    n_unv = sum(map(len, unverified.values()))
+    print(f"{summary['localized']}/{summary['queries']} queries localized; {n_unv} more have a pose that a rule "
+          f"rejected ({', '.join(f'{len(v)} {k}' for k, v in unverified.items())}; in the results file: "
+          f"{'the estimate' if cfg.unverified_pose == 'estimate' else 'a fallback pose'}); "
+          f"{len(fallback['top retrieved image'])} got the top retrieved image's pose, "
+          f"{len(fallback['identity'])} the identity (listed in {run.localization_summary(tag).name}) -> {results_path}")
     if ds.gt_poses is None:
         print("No ground truth: submit this file at https://www.visuallocalization.net/ (Aachen Day-Night).")
     return summary
