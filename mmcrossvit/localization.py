@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .acceptance import inlier_coverage, rival_ratio
+from .acceptance import inlier_coverage, rival_ratio_at
 from .colmap_io import CameraSpec
 from .colmap_model import read_colmap_cameras_poses, read_images_points2d, read_points3d
 from .errors import DataError
@@ -284,7 +284,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     best-verified candidate alone, "scores" the best `rerank_keep` by score (as without PnP).
 
     With `max_rival_ratio` > 0, an accepted pose is also tested against other places: every
-    candidate gets its own PnP (`candidate_pose`) on the matches the query already has with it (the
+    candidate that could change the ratio gets its own PnP (`candidate_pose`) on the matches the query already has with it (the
     re-ranking's scoring matches, else the full ones), and the pose fails when `rival_ratio`
     (radius `rival_radius` metres) reaches `max_rival_ratio`.
 
@@ -354,12 +354,24 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
         if max_rival_ratio <= 0:
             return QueryResult(name, best[0], True, total, int(best[1].sum()), retrieved, secs, *hyp, **extra)
         ta = time.time()
-        for i, n in enumerate(candidates if candidates is not None else retrieved):
-            m = scored[i] if scored is not None else matched(n)
-            if n not in own and len(m.keypoints) >= 4:  # fewer: no pose (estimate_pose)
-                own[n] = candidate_pose(model, qf, m, camera, max_error, seed)
-        ranked = list(own.values())
-        rival = rival_ratio([k for k, _ in ranked], [p for _, p in ranked], best[0].center, rival_radius)
+        names = candidates if candidates is not None else retrieved
+        ms = {n: scored[i] if scored is not None else matched(n) for i, n in enumerate(names)}
+        far_of = lambda p: None if p is None else float(np.linalg.norm(p.center - best[0].center))  # noqa: E731
+        ks, dists = [k for k, _ in own.values()], [far_of(p) for _, p in own.values()]
+        # the most distinct correspondences first: a candidate's own PnP has at most that many inliers,
+        # so once that is no more than both the best near and the best far count, no later candidate
+        # can change the ratio and the rest need no PnP (the value of verifying them all)
+        todo = [n for n in names if n not in own and len(ms[n].keypoints) >= 4]  # fewer: no pose (estimate_pose)
+        bound = {n: ms[n].distinct() for n in todo}
+        for n in sorted(todo, key=lambda n: -bound[n]):  # stable: ties keep the candidates' order
+            near = max((k for k, d in zip(ks, dists) if d is not None and d <= rival_radius), default=0)
+            far = max((k for k, d in zip(ks, dists) if d is not None and d > rival_radius), default=0)
+            if bound[n] <= min(near, far):
+                break
+            k, p = own[n] = candidate_pose(model, qf, ms[n], camera, max_error, seed)
+            ks.append(k)
+            dists.append(far_of(p))
+        rival = rival_ratio_at(dists, ks, rival_radius)
         extra["rival"] = round(rival, 4)
         secs["pnp"] = round(secs["pnp"] + time.time() - ta, 4)
         if rival < max_rival_ratio:
