@@ -175,7 +175,8 @@ def main(argv=None) -> dict:
     for q in tqdm(names, desc="diagnose", unit="query"):
         query = ds.queries[q]
         rows.append(diagnose_query(q, query.camera, ds.gt_poses[q], logged[q]["retrieved"], model, run.features,
-                                   settings, dict(zip(db, covis[q].tolist())), args.px, min_shared, query.condition))
+                                   settings, dict(zip(db, covis[q].tolist())), args.px, min_shared, query.condition,
+                                   logged[q].get("rejected_by")))
     # the log's verdict is what the run reported: a re-run that disagrees means the model, the
     # features or the settings changed since (localize.py would recompute those rows)
     differ = [r["query"] for r in rows if (r["success"], r["inliers"]) != (logged[r["query"]]["success"],

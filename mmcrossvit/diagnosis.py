@@ -108,8 +108,12 @@ def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple
 
 def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list[str], model: SfMModel,
                    features: Path, settings: dict, shared: dict[str, int], px: float = 4.0,
-                   min_shared: int = 8, condition: str = "unknown") -> dict:
+                   min_shared: int = 8, condition: str = "unknown", rejected_by: str | None = None) -> dict:
     """One query's diagnosis row (see the module docstring).
+
+    `rejected_by`: the logged rule that rejected the run's pose. The replay redoes the inlier count
+    and the coverage rule; the place ratio test needs every candidate's own PnP, so for it the
+    run's verdict is taken from the log.
 
     `settings`: the run's recorded localization settings (SETTINGS); `shared`: for each database
     image, how many of the 3D points visible from the true pose it observes (a row of
@@ -119,6 +123,8 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
                        ransac_threshold(camera, s["ransac_max_error"], s["ransac_ref_size"]),
                        s["covisibility"], s["min_inliers"], s["seed"],
                        min_coverage=settings.get("min_coverage", 0.0))  # recorded only when the rule is on
+    if rejected_by == "place ratio" and r.success:
+        r.success, r.rejected_by, r.estimate = False, rejected_by, r.pose
     # every retrieved image's correspondences at once: without clustering these are the ones the
     # hypothesis was fitted to (no second matching pass); clusters partition the retrieved list,
     # so with them, matching all at once gives what RANSAC saw, summed over clusters

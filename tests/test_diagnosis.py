@@ -161,6 +161,20 @@ def test_diagnosis_reproduces_the_logged_localization(context):
     assert sum(r["kind"] == "localized" for r in rows.values()) >= 2, rows
 
 
+def test_a_place_ratio_rejection_is_taken_from_the_log(context):
+    """The replay cannot redo the place ratio test (every candidate's own PnP): the logged verdict
+    turns a pose the replay accepts into a rejected one, judged on the same estimate."""
+    ds, run, log, model, db, covis, settings = context
+    q = next(q for q in sorted(log) if log[q]["success"])
+    args = (q, ds.queries[q].camera, ds.gt_poses[q], log[q]["retrieved"], model, run.features, settings,
+            dict(zip(db, covis[q].tolist())), 4.0, 8, ds.queries[q].condition)
+    plain, rejected = diagnose_query(*args), diagnose_query(*args, rejected_by="place ratio")
+    assert plain["success"] and plain["kind"] == "localized"
+    assert not rejected["success"] and rejected["kind"] == "pose rejected"
+    assert (rejected["inliers"], rejected["position_error_m"]) == (plain["inliers"], plain["position_error_m"])
+    assert diagnose_query(*args, rejected_by="coverage")["success"]  # a rule the replay redoes itself
+
+
 def test_failed_queries_are_diagnosed_from_their_best_hypothesis(context):
     """Every query made to fail (an unreachable min_inliers), clustered by covisibility: the
     rebuilt hypothesis must be the one localize_query scored."""
