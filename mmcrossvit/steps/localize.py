@@ -102,22 +102,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ransac-ref-size", type=float, default=S,
                    help="longer image side at which --ransac-max-error holds; the threshold scales with each "
                         "query's size (None: a fixed threshold)")
-    g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers count as a failure")
+    g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers: not localized (the pose is unverified)")
     g.add_argument("--min-inlier-coverage", dest="min_coverage", type=float, default=S,
                    help="a pose whose inliers' convex hull covers less than this fraction of the image counts as "
                         "a failure (0: off; benchmarks/results/inlier_coverage.md)")
     g.add_argument("--max-rival-ratio", type=float, default=S,
-                   help="the place ratio test: every candidate gets a PnP of its own, and an accepted pose fails "
+                   help="the place ratio test: the candidates get a PnP of their own, and an accepted pose fails "
                         "when the best candidate placed over --rival-radius metres from it has at least this "
                         "fraction of the inliers of the best one placed near it (0: off; "
                         "benchmarks/results/acceptance_signals*.md)")
+    g.add_argument("--rival-radius", type=float, default=S,
+                   help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
+                        "test counts it as another place (used only with --max-rival-ratio)")
     g.add_argument("--unverified-pose", choices=UNVERIFIED_POSES, default=S,
                    help="what the results file holds for a query whose PnP pose a rule rejected: the estimate "
                         "(as hloc, which writes every pose RANSAC finds; the rules then only decide what counts "
                         "as localized) or the top retrieved image's pose (fallback); the log keeps both")
-    g.add_argument("--rival-radius", type=float, default=S,
-                   help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
-                        "test counts it as another place (used only with --max-rival-ratio)")
     g = p.add_argument_group("resources (the results do not depend on them)")
     g.add_argument("--workers", type=int, default=S, help="processes localizing queries (0: one per CPU core)")
     g.add_argument("--device", choices=CHOICES, default=S, help=HELP + "; used for descriptor matching")
