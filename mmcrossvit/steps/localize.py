@@ -316,7 +316,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],
-                   # where a failed query's pose comes from: it is a stand-in, not an estimate
+                   # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
+                   # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
                    "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
             logf.write(json.dumps(row) + "\n")
             logf.flush()
