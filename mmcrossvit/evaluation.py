@@ -65,14 +65,8 @@ def load_results(path: Path, ds):
 def wrong_accepted(rows: list[dict], truth: dict[str, Pose]) -> dict[str, int]:
     """Per condition, the localization-log rows counted as localized but beyond the loosest
     threshold (5 m, 10°) from the true pose: wrong poses that passed the inlier rule."""
-    out: dict[str, int] = {}
-    m, deg = THRESHOLDS[-1]
-    for r in rows:
-        if r["success"] and r["query"] in truth:
-            dt, dr = pose_error(Pose.from_qt(r["qvec"], r["tvec"]), truth[r["query"]])
-            if dt > m or dr > deg:
-                out[r["condition"]] = out.get(r["condition"], 0) + 1
-    return out
+    return {c: t["localized"]["wrong"] for c, t in pose_status(rows, truth).items()
+            if c != "all" and t["localized"]["wrong"]}
 
 
 STATUSES = ("localized", "unverified", "fallback")

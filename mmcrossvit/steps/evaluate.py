@@ -40,8 +40,7 @@ from ..storage import read_jsonl, read_npz, write_json, write_text
 
 STEP = "evaluate"
 S = argparse.SUPPRESS
-RUN_RESULTS = {"student retrieval": "results", "oracle retrieval": "oracle_results"}  # label: RunLayout path
-RUN_TAGS = {"student retrieval": "", "oracle retrieval": ORACLE_TAG}  # label: the localization's tag
+RUN_TAGS = {"student retrieval": "", "oracle retrieval": ORACLE_TAG}  # label: the run's localization tag
 NAMED_MISSING = 5  # missing queries named in the report
 
 
@@ -71,7 +70,7 @@ def check(run: RunLayout, cfg: argparse.Namespace) -> None:
     if ds.gt_poses is None:
         raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
     given = given_results(cfg)
-    labels = list(RUN_RESULTS)
+    labels = list(RUN_TAGS)
     for label, path in given:
         if not path.is_file():
             raise DataError(path, "results file not found (--results)")
@@ -90,7 +89,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     if ds.gt_poses is None:
         raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
     conditions = {q: v.condition for q, v in ds.queries.items()}
-    sources = [(label, getattr(run, attr)) for label, attr in RUN_RESULTS.items() if getattr(run, attr).exists()]
+    sources = [(label, run.results_file(tag)) for label, tag in RUN_TAGS.items() if run.results_file(tag).exists()]
     sources += given_results(cfg)
     if not sources and not run.retrieval.exists():
         raise DataError(run.results, "no results file to evaluate (and no retrieval); run localize.py first, "
