@@ -29,7 +29,8 @@ _PAPER = {
                        # benchmarks/results/workers.md, 2 and 16 cores)
                        workers=0, match_workers=1, device="auto"),
     "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
-    "teacher": dict(img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,
+    # backbone crossvit: CrossViT-tiny, as the paper (which starts it from ImageNet: --pretrained / --init-from)
+    "teacher": dict(backbone="crossvit", freeze=4, img_size=240, embed_dim=1000, epochs=1000, batch_size=32, optimizer="sgd", lr=1e-4,
                     momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, min_lr_ratio=0.0,
                     grad_clip=0.0, night_prob=0.5, cyclegan=True, hflip=0.0, jitter=0.0, crop_scale=1.0,
                     portrait_prob=0.0, roll=0.0, val_every=10, eval_batch_size=64, margin=0.5, negatives="hard",
@@ -37,7 +38,7 @@ _PAPER = {
                     # torch CPU threads: fixed, since the float results depend on it (ignored on GPUs)
                     threads=1),
     # the KD schedule is ours: the authors published none
-    "student": dict(img_size=240, embed_dim=1000, epochs=500, batch_size=32, optimizer="sgd", lr=1e-4,
+    "student": dict(backbone="crossvit", freeze=4, img_size=240, embed_dim=1000, epochs=500, batch_size=32, optimizer="sgd", lr=1e-4,
                     momentum=0.9, weight_decay=0.0, schedule="constant", warmup_epochs=5.0, min_lr_ratio=0.0,
                     grad_clip=0.0, night_prob=0.5, cyclegan=True, hflip=0.0, jitter=0.0, crop_scale=1.0,
                     portrait_prob=0.0, roll=0.0, val_every=10, eval_batch_size=64, sigma=1.0, delta=1.0,

@@ -119,14 +119,15 @@ class Teacher(CrossVit):
     """
 
     def __init__(self, img_size: int = 240, grid: int = 14, token_dim: int = 192,
-                 embed_dim: int = 1000, drop_path_rate: float = 0.0):
-        if img_size <= 0 or img_size % 12:
-            raise ValueError(f"img_size={img_size} must be a positive multiple of the branch-0 patch size 12")
+                 embed_dim: int = 1000, drop_path_rate: float = 0.0, patch_size0: int = 12):
+        if img_size <= 0 or img_size % patch_size0:
+            raise ValueError(f"img_size={img_size} must be a positive multiple of the branch-0 patch size {patch_size0}")
         if grid <= 0 or token_dim <= 0:
             raise ValueError(f"grid={grid} and token_dim={token_dim} must be positive")
         s1 = 16 * grid
         super().__init__(img_size=img_size, img_scale=(1.0, _scale_to(img_size, s1)),
-                         num_classes=embed_dim, drop_path_rate=drop_path_rate, **TINY_ARGS)
+                         num_classes=embed_dim, drop_path_rate=drop_path_rate,
+                         **{**TINY_ARGS, 'patch_size': (patch_size0, 16)})
         assert [s[0] for s in self.img_size_scaled] == [img_size, s1], self.img_size_scaled
         # branch 1 has no pixels: drop its conv so its (unused) weights never enter checkpoints
         self.patch_embed = nn.ModuleList([self.patch_embed[0]])
@@ -143,10 +144,14 @@ class Teacher(CrossVit):
 
     def forward_features(self, images: torch.Tensor, tokens: torch.Tensor,
                          valid: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
-        B = images.shape[0]
+        return self._forward_branches(self.patch_embed[0](scale_image(images, self.img_size_scaled[0], self.crop_scale)),
+                                      tokens, valid)
+
+    def _forward_branches(self, x0: torch.Tensor, tokens: torch.Tensor, valid: Optional[torch.Tensor]) -> list[torch.Tensor]:
+        """Branch-0 patch tokens (B, n, width 0) and the spatial tokens through both branches."""
+        B = x0.shape[0]
         if tokens.shape[0] != B:
             raise ValueError(f"{B} images but {tokens.shape[0]} token sets")
-        x0 = self.patch_embed[0](scale_image(images, self.img_size_scaled[0], self.crop_scale))
         x0 = torch.cat((self.cls_token_0.expand(B, -1, -1), x0), dim=1) + self.pos_embed_0
         cam, pts = self.token_embed(tokens, valid)
         # the camera pose conditions branch 1 through its class token, which cross-attends to branch 0
@@ -164,12 +169,30 @@ class Teacher(CrossVit):
         return F.normalize(self.forward_head(self.forward_features(images, tokens, valid)), dim=-1)
 
 
-def build_student(img_size: int = 240, embed_dim: int = 1000, drop_path_rate: float = 0.0) -> Student:
+BACKBONES = ('crossvit', 'lite0')  # crossvit: from scratch, the paper's shape; lite0: models/encoder.py
+
+
+def _backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+
+
+def build_student(img_size: int = 240, embed_dim: int = 1000, drop_path_rate: float = 0.0,
+                  backbone: str = 'crossvit', freeze: int = 4) -> nn.Module:
+    _backbone(backbone)
+    if backbone == 'lite0':
+        from .encoder import EncoderStudent
+        return EncoderStudent(img_size=img_size, embed_dim=embed_dim, freeze=freeze)
     return Student(img_size=img_size, embed_dim=embed_dim, drop_path_rate=drop_path_rate)
 
 
 def build_teacher(img_size: int = 240, grid: int = 14, token_dim: int = 192, embed_dim: int = 1000,
-                  drop_path_rate: float = 0.0) -> Teacher:
+                  drop_path_rate: float = 0.0, backbone: str = 'crossvit', freeze: int = 4) -> nn.Module:
+    _backbone(backbone)
+    if backbone == 'lite0':
+        from .encoder import HybridTeacher
+        return HybridTeacher(img_size=img_size, grid=grid, token_dim=token_dim, embed_dim=embed_dim,
+                             freeze=freeze, drop_path_rate=drop_path_rate)
     return Teacher(img_size=img_size, grid=grid, token_dim=token_dim, embed_dim=embed_dim,
                    drop_path_rate=drop_path_rate)
 

