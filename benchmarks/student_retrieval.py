@@ -20,6 +20,7 @@ sigma. Writes benchmarks/results/student_retrieval.{md,json,png}.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -63,10 +64,10 @@ VARIANTS = {
     "px240": ("student, 240 px (the paper's size)", "student", dict(img_size=240)),
     "epochs2x": ("student, twice the epochs", "student", dict(epochs="2x")),
     "image_only": ("image-only CrossViT, same budget (no teacher)", "image_only", {}),
-    "untrained": ("untrained student (random weights of the seed)", "untrained", {}),
+    "untrained": ("untrained student (random weights of the seed; lite0: its ImageNet encoder)", "untrained", {}),
 }
 # the student's settings an image-only run takes over, for the same size, budget and augmentation
-SHARED = ("img_size", "embed_dim", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+SHARED = ("backbone", "freeze", "img_size", "embed_dim", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
           "warmup_epochs", "min_lr_ratio", "grad_clip", "night_prob", "cyclegan", "hflip", "jitter", "crop_scale",
           "portrait_prob", "roll", "val_every")
 
@@ -86,12 +87,16 @@ def settings_for(variant: str, preset: str, seed: int, teacher_path: Path, out: 
 
 
 def untrained(preset: str, seed: int, out: Path, common: dict) -> Path:
-    """The student network as initialised with `seed`, saved for `measure`: what training adds."""
+    """The student network as initialised with `seed` (the lite0 backbone: its ImageNet encoder),
+    saved for `measure`: what training adds."""
     from models.crossvit import build_student
     from mmcrossvit.storage import write_safetensors
+    from mmcrossvit.train.optim import init_weights
     cfg = {**vars(cli.settings(student, preset)), **common}
     torch.manual_seed(seed)
-    model = build_student(img_size=cfg["img_size"], embed_dim=cfg["embed_dim"])
+    model = build_student(img_size=cfg["img_size"], embed_dim=cfg["embed_dim"], backbone=cfg["backbone"],
+                          freeze=cfg["freeze"])
+    init_weights(model, argparse.Namespace(pretrained=False, init_from=None))
     path = out / "untrained.safetensors"
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(path, {k: v.contiguous() for k, v in model.state_dict().items()},

@@ -74,6 +74,7 @@ class EncoderStudent(nn.Module):
         nn.init.orthogonal_(self.head.weight)  # distances of the GeM descriptor kept at the start
         nn.init.zeros_(self.head.bias)
         _freeze(self.encoder, freeze)
+        self.encoder.to(memory_format=torch.channels_last)  # depthwise convs: 1.5-1.7x faster on CPU
         self.config = dict(arch='student', backbone='lite0', img_size=img_size, embed_dim=embed_dim, freeze=freeze)
 
     def train(self, mode: bool = True):
@@ -82,7 +83,8 @@ class EncoderStudent(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.pool(self.encoder.forward_features(x))), dim=-1)
+        x = self.encoder.forward_features(x.contiguous(memory_format=torch.channels_last))
+        return F.normalize(self.head(self.pool(x)), dim=-1)
 
 
 class _Stride16Embed(nn.Module):
@@ -112,6 +114,7 @@ class HybridTeacher(Teacher):
         enc.conv_head, enc.bn2 = nn.Identity(), nn.Identity()
         self.encoder = enc
         _freeze(self.encoder, min(freeze, STRIDE16))
+        self.encoder.to(memory_format=torch.channels_last)
         self.patch_embed = nn.ModuleList([_Stride16Embed(self.embed_dim[0])])
         self.patch_embed[0].apply(self._init_weights)
         self.config = dict(arch='teacher', backbone='lite0', img_size=img_size, grid=grid, token_dim=token_dim,
@@ -124,7 +127,7 @@ class HybridTeacher(Teacher):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
-        x = enc.bn1(enc.conv_stem(images))
+        x = enc.bn1(enc.conv_stem(images.contiguous(memory_format=torch.channels_last)))
         return self.patch_embed[0](enc.blocks(x))
 
     def forward_features(self, images: torch.Tensor, tokens: torch.Tensor,

@@ -83,3 +83,35 @@ def test_hybrid_teacher_sees_tokens_and_rebuilds(tmp_path):
         build_teacher(40, grid=3, token_dim=8, embed_dim=16, backbone='lite0')
     with pytest.raises(ValueError, match="unknown backbone"):
         build_student(64, 16, backbone='resnet')
+
+
+def test_the_lite0_chain_trains_distils_resumes_and_retrieves(tmp_path):
+    """Teacher and student on the lite0 backbone through the step scripts, as the demo preset runs
+    them: frozen stages keep ImageNet's weights, the student resumes exactly, and the pairs step's
+    loader rebuilds it."""
+    from tests.test_training import assert_same_tensors, make_run, state_of, student_main, teacher_main
+    r = make_run(tmp_path)
+    common = r["args"] + ["--preset", "tiny", "--threads", "1", "--backbone", "lite0", "--val-every", "0"]
+    t = teacher_main(common + ["--img-size", "32", "--epochs", "1"])
+    assert t["finished"]
+    tck = state_of(r["paths"].teacher_checkpoint)
+    assert tck["config"]["backbone"] == "lite0" and tck["config"]["img_size"] == 32
+    src = torch.load(imagenet_lite0_file(), map_location='cpu', weights_only=True)
+    # frozen stages keep their ImageNet weights through training
+    assert torch.equal(tck["model"]["encoder.conv_stem.weight"], src['_conv_stem.weight'])
+    sargs = common + ["--img-size", "64", "--freeze", "5"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    student_main(sargs + ["--out", str(full)])
+    student_main(sargs + ["--out", str(cut), "--stop-after", "1"])
+    student_main(sargs + ["--out", str(cut), "--resume"])
+    a, b = state_of(full / "last.pt"), state_of(cut / "last.pt")
+    assert_same_tensors(a["model"], b["model"])
+    assert a["config"] == {'arch': 'student', 'backbone': 'lite0', 'img_size': 64, 'embed_dim': 32, 'freeze': 5}
+    assert not torch.equal(a["model"]["head.weight"], build_student(64, 32, backbone='lite0').head.weight)
+    # what the pairs step loads: an image-only model, rebuilt from its config, the same outputs
+    model = load_model(full / "best.pt", arch="student")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = build_model(**a["config"]).eval()
+        ref.load_state_dict(a["model"])
+        torch.testing.assert_close(model(x), ref(x))
