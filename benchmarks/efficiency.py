@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p = parser(__doc__, "efficiency", threads=False)
     p.add_argument("--student-size", type=int, default=240, help="student input size (branch 2 sees size*224/240)")
     p.add_argument("--embed-dim", type=int, default=1000, help="student descriptor size (paper: 1000)")
+    p.add_argument("--lite0-size", type=int, default=256, help="input size of the lite0 student (the demo preset's)")
+    p.add_argument("--speed-reps", type=int, default=3, help="timed CPU forwards per model for img/s (0: skip)")
     p.add_argument("--netvlad-hw", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
                    help="NetVLAD input height and width")
     p.add_argument("--apgem-scan", type=int, nargs=3, default=[224, 1600, 32], metavar=("MIN", "MAX", "STEP"),
@@ -241,6 +243,16 @@ def main(argv=None) -> dict:
                  f"{PAPER['student']['params_m']} = {ratios['paper_params_from_its_table']:.1f}x); the counted "
                  f"ratios use unrounded figures (student {s['gmacs']:.3f} GMACs, {s['params_m']:.3f} M params).")
     md += [f"## Notes (differences over {TOLERANCE_PCT:.0f}% and caveats)", ""] + notes
+    lite = lite0_rows(args, n)
+    md += ["", "## The lite0 student (the demo preset's) against NetVLAD", "",
+           "The paper's ratio sets NetVLAD at 640x480 against the student at its own input; the same-input "
+           "column puts both at 640x480. img/s: batch-1 CPU forwards on this machine "
+           f"({args.speed_reps} timed after one warm-up, {torch.get_num_threads()} threads).", "",
+           markdown_table(["model", "input WxH", "params (M)", "GMACs", "NetVLAD / it, compute", "img/s"],
+                          [[r["model"], r["input"], f"{r['params'] / 1e6:.2f}", f"{r['flops'] / 2e9:.2f}",
+                            f"{n['flops'] / r['flops']:.1f}x", f"{r['img_s']:.2f}" if r['img_s'] else "-"]
+                           for r in lite])]
+    result["lite0"] = lite
 
     result = {"convention": convention, "convention_diffs_pct": conv, "rows": out_rows, "ratios": ratios,
               "paper": PAPER, "paper_ratios": PAPER_RATIOS,
@@ -249,6 +261,35 @@ def main(argv=None) -> dict:
                                   "named_sizes_flops": named_counts},
               "apgem_param_variants": variants, "notes": notes, "machine": machine_info()}
     return finish(args.out, md, result)
+
+
+def img_per_s(model, h: int, w: int, reps: int) -> float | None:
+    """Batch-1 CPU forwards per second (one warm-up)."""
+    import time
+    if reps <= 0:
+        return None
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        model(x)
+        t = time.perf_counter()
+        for _ in range(reps):
+            model(x)
+    return reps / (time.perf_counter() - t)
+
+
+def lite0_rows(args, netvlad_row: dict) -> list[dict]:
+    """Params, MACs and img/s of the lite0 student at its size and at NetVLAD's, and NetVLAD's img/s."""
+    h, w = args.netvlad_hw
+    model = build_student(args.lite0_size, args.embed_dim, backbone="lite0").eval()
+    rows = []
+    for hw in ((args.lite0_size, args.lite0_size), (h, w)):
+        flops, _ = count_flops(model, torch.randn(1, 3, *hw))
+        rows.append({"model": f"student, lite0 + GeM (embed {args.embed_dim})", "input": f"{hw[1]}x{hw[0]}",
+                     "params": num_params(model), "flops": flops, "img_s": img_per_s(model, *hw, args.speed_reps)})
+    vlad = build_netvlad().eval()
+    rows.append({"model": "NetVLAD (as above)", "input": f"{w}x{h}", "params": netvlad_row["params"],
+                 "flops": netvlad_row["flops"], "img_s": img_per_s(vlad, h, w, args.speed_reps)})
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmcrossvit.colmap_io import read_poses
@@ -82,12 +83,14 @@ def test_results_match_estimates_in_log(chain):
     from mmcrossvit.geometry import Pose, pose_error
     data, out, _, _ = chain
     res = read_poses(out / "Pose_Estimation_Results.txt")
-    from mmcrossvit.steps.localize import written_pose
+    from mmcrossvit.localization import SfMModel
+    from mmcrossvit.steps.localize import map_region, written_pose
     rows = [json.loads(x) for x in (out / "localization_log.jsonl").read_text().splitlines()]
     assert len(rows) == len(res)
     policy = json.loads((out / "localization_summary.json").read_text())["unverified_pose"]
+    region = map_region(SfMModel.load(out / "sfm"))
     for r in rows:  # a localized pose, an unverified one's estimate, or the stand-in, as the run wrote it
-        pose, what = written_pose(r, policy)
+        pose, what = written_pose(r, policy, region)
         dt, dr = pose_error(res[Path(r["query"]).name], pose)
         assert dt < 1e-6 and dr < 1e-3
         if what == "unverified":  # the estimate itself, not the stand-in logged beside it
@@ -104,3 +107,20 @@ def test_same_seed_gives_identical_pairs_and_results(chain, tmp_path):
                        "--database-root", str(db2), "--from-step", "preprocess"])
     for f in ("pairs-query.txt", "Pose_Estimation_Results.txt"):
         assert (out2 / "tiny" / f).read_bytes() == (out / f).read_bytes(), f
+
+
+def test_an_unverified_estimate_off_the_map_is_not_written():
+    """PnP on a wrong place can put a camera kilometres (or 1e15 m) away: the stand-in is written instead."""
+    from mmcrossvit.geometry import Pose
+    from mmcrossvit.steps.localize import written_pose
+    stand_in = Pose.from_center(np.eye(3), [1.0, 2.0, 3.0])
+    row = {"success": False, "qvec": stand_in.qvec.tolist(), "tvec": stand_in.t.tolist(),
+           "fallback": "top retrieved image", "rejected_by": "inliers"}
+    region = (np.zeros(3), 100.0)
+    for centre, expected in (([30.0, 40.0, 0.0], "unverified"), ([1700.0, 0.0, 0.0], "top retrieved image"),
+                             ([1e15, 0.0, 0.0], "top retrieved image")):
+        est = Pose.from_center(np.eye(3), centre)
+        r = {**row, "estimate": {"qvec": est.qvec.tolist(), "tvec": est.t.tolist()}}
+        pose, what = written_pose(r, "estimate", region)
+        assert what == expected
+        assert np.allclose(pose.center, centre if expected == "unverified" else stand_in.center)

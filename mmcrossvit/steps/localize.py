@@ -235,13 +235,32 @@ def _localize_one(state, job) -> dict:
     return row
 
 
-def written_pose(row: dict, unverified_pose: str) -> tuple[Pose, str]:
+# An unverified estimate whose camera lies farther from the database cameras' centre than this many
+# times their own farthest distance is no pose of this map (PnP on a degenerate or wrong-place
+# correspondence set: seen 1.7 km and 1e15 m away on the demo); the stand-in is written instead.
+MAP_REACH = 2.0
+
+
+def map_region(model: SfMModel) -> tuple[np.ndarray, float]:
+    """(centre, radius): the database cameras' median centre and MAP_REACH times their farthest distance."""
+    c = np.array([p.center for p in model.poses.values()]).reshape(-1, 3)
+    if not len(c):
+        return np.zeros(3), float("inf")
+    mid = np.median(c, axis=0)
+    return mid, MAP_REACH * max(float(np.linalg.norm(c - mid, axis=1).max()), 1.0)
+
+
+def written_pose(row: dict, unverified_pose: str, region: tuple[np.ndarray, float] | None = None) -> tuple[Pose, str]:
     """The pose a log row puts in the results file, and what it is: "localized", "unverified"
-    (a rejected estimate, with --unverified-pose estimate) or the stand-in's kind."""
+    (a rejected estimate, with --unverified-pose estimate, whose camera lies in the map's `region`)
+    or the stand-in's kind."""
     if row["success"]:
         return Pose.from_qt(row["qvec"], row["tvec"]), "localized"
     if unverified_pose == "estimate" and row.get("estimate"):
-        return Pose.from_qt(row["estimate"]["qvec"], row["estimate"]["tvec"]), "unverified"
+        est = Pose.from_qt(row["estimate"]["qvec"], row["estimate"]["tvec"])
+        c = est.center
+        if region is None or (np.isfinite(c).all() and np.linalg.norm(c - region[0]) <= region[1]):
+            return est, "unverified"
     return Pose.from_qt(row["qvec"], row["tvec"]), row.get("fallback") or "top retrieved image"
 
 
@@ -322,7 +341,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
             logf.write(json.dumps(row) + "\n")
             logf.flush()
             done[q] = row
-    written = {q: written_pose(r, cfg.unverified_pose) for q, r in sorted(done.items())}
+    region = map_region(model)
+    written = {q: written_pose(r, cfg.unverified_pose, region) for q, r in sorted(done.items())}
     write_poses(results_path, {ds.results_name(q): pose for q, (pose, _) in written.items()})
     check_results_file(results_path, ds)  # the benchmark's format: every query once, basenames, unit quaternions
     failed = sorted(q for q, r in done.items() if not r["success"])
@@ -335,6 +355,10 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "unverified": unverified, "unverified_pose": cfg.unverified_pose,
                # queries whose results-file pose is a stand-in, not an estimate
                "fallback_poses": fallback,
+               # unverified estimates outside the map's reach (MAP_REACH): the stand-in is written instead
+               "off_map_estimates": sorted(q for q, (_, what) in written.items()
+                                           if what != "unverified" and done[q].get("estimate")
+                                           and cfg.unverified_pose == "estimate"),
                "median_seconds_per_query": float(np.median(times)) if len(times) else 0.0,
                "mean_seconds": {k: float(np.mean([r["seconds"][k] for r in done.values()]))
                                 for k in ("features", "matching", "pnp")} if done else {},
