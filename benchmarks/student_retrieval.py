@@ -105,8 +105,10 @@ def untrained(preset: str, seed: int, out: Path, common: dict) -> Path:
 
 
 @torch.no_grad()
-def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: int, ckpt: Path) -> dict:
-    """Train / held-out / query recall of one checkpoint (clean embeddings, inner product)."""
+def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: int, ckpt: Path,
+            qds: Dataset | None = None, extra_qpos: list | None = None) -> dict:
+    """Train / held-out / query recall of one checkpoint (clean embeddings, inner product); with
+    `qds`, also the queries of that dataset (same database images), as "day queries (qds)" etc."""
     model = load_model(ckpt, "cuda" if torch.cuda.is_available() else "cpu", arch="student")
     device = next(model.parameters()).device
     names = [str(n) for n in sdb.names]
@@ -120,7 +122,18 @@ def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: i
     pos = [set(sdb.positives(i)[0].tolist()) for i in range(len(names))]
     out = {"train": retrieval_metrics(d_idx[train_idx], [pos[i] for i in train_idx], KS),
            "held-out": retrieval_metrics(d_idx[val_idx], [pos[i] for i in val_idx], KS)}
-    q_idx, _ = topk(Q, D, max(KS))
+    out.update(query_groups(ds, queries, topk(Q, D, max(KS))[0], qpos))
+    if qds is not None:  # its own cache: its query names may be the run's for other images
+        xq = sorted(qds.queries)
+        xdesc = compute_descriptors(model, {q: qds.image_path(q) for q in xq}, model.config["img_size"],
+                                    ckpt.parent / f"descriptors_{qds.root.name}.h5", file_fingerprint(ckpt), 32,
+                                    str(device))
+        more = query_groups(qds, xq, topk(stack(xdesc, xq), D, max(KS))[0], extra_qpos)
+        out.update({f"{g} ({qds.root.name})": r for g, r in more.items() if g in ("day queries", "night queries")})
+    return out
+
+
+def query_groups(ds: Dataset, queries: list, q_idx, qpos: list) -> dict:
     groups = {"queries": range(len(queries))}
     for cond in ("day", "night"):
         groups[f"{cond} queries"] = [i for i, q in enumerate(queries) if ds.queries[q].condition == cond]
@@ -129,11 +142,21 @@ def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: i
             groups[f"{cond}, {orient}"] = [
                 i for i, q in enumerate(queries) if ds.queries[q].condition == cond
                 and (ds.queries[q].camera.height > ds.queries[q].camera.width) == (orient == "portrait")]
+    out = {}
     for g, sel in groups.items():
         sel = list(sel)
         if sel:
             out[g] = retrieval_metrics(q_idx[sel], [qpos[i] for i in sel], KS)
     return out
+
+
+def same_database(run_ds: Dataset, qds: Dataset, names: list) -> None:
+    """The extra query set must share the run's database images byte for byte."""
+    from mmcrossvit.retrieval import file_fingerprint as fp
+    for n in names:
+        a, b = run_ds.image_path(n), qds.image_path(n)
+        if not b.is_file() or fp(a) != fp(b):
+            raise SystemExit(f"error: {b} differs from {a}: --extra-queries needs the run's database images")
 
 
 def cached_query_positives(run: RunLayout, ds: Dataset, sdb: SpatialDB, path: Path) -> list:
@@ -207,6 +230,9 @@ def main(argv=None) -> dict:
     p.add_argument("--query-positives", type=Path, default=None,
                    help="cache of the queries' ground-truth positives (default: "
                         "outputs/<name>/ablation/student_study/query_positives.json)")
+    p.add_argument("--extra-queries", type=Path, default=None, metavar="DATASET",
+                   help="also measure the queries of this dataset, whose database images are the run's (e.g. the "
+                        "same scene generated with more queries: generate(..., num_day=200, num_night=200))")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="only combine the runs of earlier reports (e.g. one per seed, run in parallel under "
                         "different --outputs) into one report")
@@ -224,6 +250,12 @@ def main(argv=None) -> dict:
     ds, sdb = Dataset(run.dataset), SpatialDB.load(run.spatial_db)
     qpos = cached_query_positives(run, ds, sdb, args.query_positives
                                   or run.ablation("student_study") / "query_positives.json")
+    qds = extra_qpos = None
+    if args.extra_queries:
+        from mmcrossvit.localization import SfMModel
+        qds = Dataset(args.extra_queries)
+        same_database(ds, qds, [str(n) for n in sdb.names])
+        extra_qpos = query_positives(qds, SfMModel.load(run.sfm), [str(n) for n in sdb.names], sdb.min_shared)
     teacher_path = args.teacher or run.teacher_checkpoint
     val_fold = cli.settings(student, args.preset).val_fold
     results: dict = {"machine": machine_info(), "preset": args.preset, "seeds": args.seeds, "set": common,
@@ -237,7 +269,7 @@ def main(argv=None) -> dict:
             else:
                 module, cfg = settings_for(v, args.preset, seed, teacher_path, out, common)
                 summary, ckpt = execute(module, run, cfg), out / "best.pt"
-            m = measure(run, ds, sdb, qpos, val_fold, ckpt)
+            m = measure(run, ds, sdb, qpos, val_fold, ckpt, qds, extra_qpos)
             rows.append({"seed": seed, "train_seconds": summary.get("train_seconds"), "metrics": m,
                          "kernel": summary.get("kernel")})
             print(f"{v} seed {seed}: " + ", ".join(f"{g} R@1 {r['R'][1]:.3f}" for g, r in m.items()))
@@ -268,19 +300,22 @@ def report(run: RunLayout, args, argv, results: dict) -> dict:
     common = results.get("set") or {}
     groups = ["train", "held-out", "day queries", "night queries", "day, landscape", "day, portrait",
               "night, landscape", "night, portrait"]
+    first = results["variants"][variants[0]]["runs"][0]["metrics"]
+    groups += [g for g in first if g not in groups]  # an --extra-queries set's day / night
     md = [f"# Student retrieval on `{run.name}` (preset `{results['preset']}`, seeds {results['seeds']}"
           + (f", {common}" if common else "") + ")", "",
           "Recall@1 (mean ± sd over seeds) of the model's clean embeddings. train / held-out: database anchors of "
           "the training folds / of the validation fold among all database images; queries: positives from ground "
           "truth. Command: `python benchmarks/student_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
           + "`", ""]
-    header = ["model"] + [f"{g} R@1" for g in groups] + ["day R@5", "night R@5", "train s"]
+    deep = [g for g in groups if "queries" in g and g != "queries"]
+    header = ["model"] + [f"{g} R@1" for g in groups] + [f"{g} R@{k}" for k in (5, 20) for g in deep] + ["train s"]
     table = []
     for v, r in results["variants"].items():
         def col(g, k=1):
             rs = [run_["metrics"].get(g, {}).get("R", {}) for run_ in r["runs"]]
             return mean_sd([x.get(k, x.get(str(k))) for x in rs])  # int keys, or str after JSON
-        table.append([r["label"]] + [col(g) for g in groups] + [col("day queries", 5), col("night queries", 5),
+        table.append([r["label"]] + [col(g) for g in groups] + [col(g, k) for k in (5, 20) for g in deep] + [
                      f"{np.mean([x['train_seconds'] or 0 for x in r['runs']]):.0f}"])
     md.append(markdown_table(header, table))
     n = {g: results["variants"][variants[0]]["runs"][0]["metrics"].get(g, {}).get("anchors")
