@@ -252,9 +252,8 @@ def main(argv=None) -> dict:
                           [[r["model"], r["input"], f"{r['params'] / 1e6:.2f}", f"{r['flops'] / 2e9:.2f}",
                             f"{n['flops'] / r['flops']:.1f}x", f"{r['img_s']:.2f}" if r['img_s'] else "-"]
                            for r in lite])]
-    result["lite0"] = lite
 
-    result = {"convention": convention, "convention_diffs_pct": conv, "rows": out_rows, "ratios": ratios,
+    result = {"lite0": lite, "convention": convention, "convention_diffs_pct": conv, "rows": out_rows, "ratios": ratios,
               "paper": PAPER, "paper_ratios": PAPER_RATIOS,
               "apgem_size_scan": {"aspects": ASPECTS, "long_sides": [lo, hi, step], "sizes_scanned": len(scan),
                                   "closest_macs": best_macs, "closest_flops": best_flops,

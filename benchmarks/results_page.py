@@ -56,7 +56,12 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
              "visible_points_demo.md", "python benchmarks/visible_points.py --dataset datasets/demo --preset demo"),
             ("How much the teacher relies on its 3D tokens", "token_reliance.md",
              "python benchmarks/token_reliance.py --dataset datasets/demo"),
-            ("Student retrieval: recipes over 3 seeds", "student_retrieval.md",
+            ("The descriptor: the lite0 encoder untrained, distilled and fine-tuned, 3 seeds (docs/descriptor.md)",
+             "descriptor_study.md",
+             "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --variants untrained preset "
+             "image_only --seeds 0 1 2 --teacher outputs/demo/exp/teacher_l0_112/best.pt --extra-queries "
+             "datasets/demo-q200 --tag descriptor_study"),
+            ("Student retrieval (the from-scratch CrossViT): recipes over 3 seeds", "student_retrieval.md",
              "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --seeds 0 1 2"),
             ("Student retrieval: four times the epochs", "student_retrieval_48epochs.md",
              "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --set epochs=48 val_every=12"),
