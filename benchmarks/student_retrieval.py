@@ -63,7 +63,8 @@ VARIANTS = {
     "init_teacher": ("student, initialised from the teacher", "student", dict(init_from="TEACHER")),
     "px240": ("student, 240 px (the paper's size)", "student", dict(img_size=240)),
     "epochs2x": ("student, twice the epochs", "student", dict(epochs="2x")),
-    "image_only": ("image-only CrossViT, same budget (no teacher)", "image_only", {}),
+    "image_only": ("image-only fine-tune: the student's architecture, the teacher's loss and pairs, same budget "
+                   "(no teacher, no 3D)", "image_only", {}),
     "untrained": ("untrained student (random weights of the seed; lite0: its ImageNet encoder)", "untrained", {}),
 }
 # the student's settings an image-only run takes over, for the same size, budget and augmentation
