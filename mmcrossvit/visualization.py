@@ -81,7 +81,15 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
             if q in truth:
                 g = truth[q].center
                 ax.plot([g[0], e.center[0]], [g[1], e.center[1]], c="k", lw=0.5)
+    # frame the map (the database cameras, with a margin of half their extent), not stray far points
+    # or far-off estimates, which would squeeze it into a corner; what lies outside is counted
+    lo, hi = C[:, :2].min(0), C[:, :2].max(0)
+    pad = 0.5 * max(float((hi - lo).max()), 1.0)
+    lo, hi = lo - pad, hi + pad
+    far = sum(not ((lo <= p.center[:2]) & (p.center[:2] <= hi)).all() for p in estimates.values())
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")
     ax.legend(fontsize=8)
-    ax.set_title("top-down view (x, y)")
+    ax.set_title("top-down view (x, y)" + (f"; {far} estimate(s) outside the frame" if far else ""))
     return fig

@@ -124,3 +124,16 @@ def test_an_unverified_estimate_off_the_map_is_not_written():
         pose, what = written_pose(r, "estimate", region)
         assert what == expected
         assert np.allclose(pose.center, centre if expected == "unverified" else stand_in.center)
+
+
+def test_the_top_down_view_frames_the_map_not_far_estimates():
+    import matplotlib
+    matplotlib.use("Agg")
+    from mmcrossvit.geometry import Pose
+    from mmcrossvit.visualization import plot_topdown
+    db = {f"db{i}": Pose.from_center(np.eye(3), [x, y, 0.0]) for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 80)])}
+    est = {"near": Pose.from_center(np.eye(3), [50.0, 40.0, 0.0]), "far": Pose.from_center(np.eye(3), [1e15, 0.0, 0.0])}
+    points = np.array([[0.0, 0.0, 0.0], [-1500.0, 800.0, 0.0]])
+    ax = plot_topdown(db, None, est, points).axes[0]
+    assert ax.get_xlim() == (-50.0, 150.0) and ax.get_ylim() == (-50.0, 130.0)
+    assert "1 estimate(s) outside the frame" in ax.get_title()
