@@ -153,10 +153,9 @@ def query_groups(ds: Dataset, queries: list, q_idx, qpos: list) -> dict:
 
 def same_database(run_ds: Dataset, qds: Dataset, names: list) -> None:
     """The extra query set must share the run's database images byte for byte."""
-    from mmcrossvit.retrieval import file_fingerprint as fp
     for n in names:
         a, b = run_ds.image_path(n), qds.image_path(n)
-        if not b.is_file() or fp(a) != fp(b):
+        if not b.is_file() or file_fingerprint(a) != file_fingerprint(b):
             raise SystemExit(f"error: {b} differs from {a}: --extra-queries needs the run's database images")
 
 
