@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DATASET ?= datasets/demo
-NAME ?= $(notdir $(patsubst %/,%,$(DATASET)))
+NAME ?=
 PRESET ?= demo
+OUTPUTS ?= outputs
+DATABASE_ROOT ?= DataBase
 
 .PHONY: demo pipeline test install clean-demo
 
@@ -20,9 +22,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate --dataset datasets/demo --preset demo
 
-# The same chain on any dataset in the documented layout.
+# The same chain on any dataset in the documented layout (NAME: the dataset folder's name unless
+# given; OUTPUTS and DATABASE_ROOT: where the run's files go). Paths may hold spaces.
 pipeline: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset $(DATASET) --name $(NAME) --preset $(PRESET)
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset "$(DATASET)" $(if $(NAME),--name "$(NAME)") \
+		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)"
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

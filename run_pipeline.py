@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from mmcrossvit import cli, presets
-from mmcrossvit.layout import GT_POSES
+from mmcrossvit.layout import GT_POSES, Dataset
 from mmcrossvit.paths import RunLayout
 from mmcrossvit.runlock import run_lock
-from mmcrossvit.storage import write_json
+from mmcrossvit.storage import changed_since, write_json
 
 STEP_NAMES = ("generate", "preprocess", "tokens", "teacher", "student", "pairs", "localize", "oracle", "evaluate")
 
@@ -49,6 +49,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     seed = getattr(args, "seed", presets.PRESETS[args.preset]["common"]["seed"])
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
+    if args.generate is None:  # bad input stops here, before outputs/<name>/ is made
+        if args.from_step in (None, "preprocess"):
+            pre = step_modules()["preprocess"]
+            pre.check(run, cli.settings(pre, args.preset, seed=seed))
+        else:
+            Dataset(args.dataset).images_dir
     timings: dict[str, float] = {}
     if args.generate is not None:
         from datasets.synthetic_town import generate
@@ -56,10 +62,12 @@ def main(argv=None) -> dict:
         print(f"== generate: synthetic scene of preset {args.generate or args.preset} -> {args.dataset}", flush=True)
         generate(args.dataset, preset=args.generate or args.preset, seed=seed)
         timings["generate"] = round(time.time() - t, 1)
+    started = time.time()
     with run_lock(run):  # the whole chain, not just each step: no other run slips in between
         timings.update(_run_steps(args, run, seed))
     timings["total"] = round(sum(timings.values()), 1)
-    write_json(run.timings, timings)
+    if "generate" in timings or changed_since(started, run.out, run.database):
+        write_json(run.timings, timings)  # a run whose steps were all up to date writes nothing
     print("\nstep times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     if not (Path(args.dataset) / GT_POSES).exists():
         print(f"Results: {run.results} — no ground truth here; submit it to the Visual Localization Benchmark.")

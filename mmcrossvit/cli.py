@@ -66,12 +66,23 @@ def main(module, argv=None, doc: str | None = None):
     return execute(module, run, cfg)
 
 
+def os_error_line(e: OSError) -> str:
+    """'<path>: <what the OS said> (<ERRNO>)', one line."""
+    import errno
+    name = errno.errorcode.get(e.errno or 0, "")
+    what = e.strerror or str(e)
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{what}" + (f" ({name})" if name else "")
+
+
 def run_cli(main_fn) -> None:
     """Run a script's main(): bad input ends in one line naming the file, Ctrl-C in one line."""
     try:
         main_fn()
     except DataError as e:
         raise SystemExit(f"error: {e}")
+    except OSError as e:  # disk full, file-size limit, permission denied, read-only folder
+        raise SystemExit(f"error: {os_error_line(e)}")
     except KeyboardInterrupt:
         print(f"\ninterrupted: run the same command again to resume ({' '.join(sys.argv)})", file=sys.stderr)
         raise SystemExit(130)

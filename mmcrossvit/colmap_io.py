@@ -31,6 +31,10 @@ CAMERA_MODELS = {
     "SIMPLE_DIVISION": 4, "DIVISION": 5, "SIMPLE_FISHEYE": 3, "FISHEYE": 4,
 }
 
+# models whose parameters start f, cx, cy (the others: fx, fy, cx, cy)
+SINGLE_FOCAL_MODELS = ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "FOV",
+                       "SIMPLE_DIVISION", "DIVISION", "SIMPLE_FISHEYE")
+
 
 @dataclass(frozen=True)
 class CameraSpec:
@@ -48,8 +52,7 @@ class CameraSpec:
     def K(self) -> np.ndarray:
         """Pinhole part of the calibration (distortion ignored)."""
         p = self.params
-        if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE",
-                          "RADIAL_FISHEYE", "FOV", "SIMPLE_DIVISION", "DIVISION", "SIMPLE_FISHEYE"):
+        if self.model in SINGLE_FOCAL_MODELS:
             f, cx, cy = p[0], p[1], p[2]
             fx = fy = f
         else:
@@ -85,11 +88,15 @@ def _fmt(v: float) -> str:
 def read_text(path: str | Path, missing: str = "file not found") -> str:
     """A text file's contents; a missing or binary file is a DataError naming it."""
     try:
-        return Path(path).read_text()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(path, missing) from None
-    except UnicodeDecodeError:
-        raise DataError(path, "not a text file") from None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        line, col = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(path, f"not UTF-8 text: byte {data[e.start]:#04x} at column {col} "
+                              f"(save the file as UTF-8)", line) from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -137,7 +144,24 @@ def parse_camera(path, lineno, tokens: list[str]) -> CameraSpec:
     params = _floats(path, lineno, tokens[3:], "camera parameters")
     if len(params) != CAMERA_MODELS[model]:
         raise DataError(path, f"{model} takes {CAMERA_MODELS[model]} parameters, got {len(params)}", lineno)
-    return CameraSpec(model, w, h, tuple(params))
+    return check_camera(CameraSpec(model, w, h, tuple(params)), path, lineno)
+
+
+def check_camera(cam: CameraSpec, path, lineno: int | None = None, what: str = "") -> CameraSpec:
+    """A camera the solvers can use: finite parameters, positive focal lengths and the principal
+    point inside the image. A negative focal turns the solved pose by 180° and a zero one
+    silently loses every match, so both are refused where the file is read."""
+    who = f"{what}: " if what else ""
+    if not all(math.isfinite(v) for v in cam.params):
+        raise DataError(path, f"{who}non-finite camera parameter in {cam.line()!r}", lineno)
+    K = cam.K
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        f = f"{K[0, 0]:g}" if K[0, 0] == K[1, 1] else f"{K[0, 0]:g}, {K[1, 1]:g}"
+        raise DataError(path, f"{who}focal length {f} must be positive ({cam.line()})", lineno)
+    if not (0 <= K[0, 2] <= cam.width and 0 <= K[1, 2] <= cam.height):
+        raise DataError(path, f"{who}principal point ({K[0, 2]:g}, {K[1, 2]:g}) lies outside the "
+                              f"{cam.width}x{cam.height} image ({cam.line()})", lineno)
+    return cam
 
 
 def read_intrinsics(path: str | Path) -> dict[str, CameraSpec]:
@@ -234,6 +258,8 @@ def read_nvm(path: str | Path, skip_points: bool = False) -> NVMModel:
         if len(tok) < 10:
             raise DataError(path, "expected '<name> <focal> <qw qx qy qz> <cx cy cz> <radial> 0'", lineno)
         v = _floats(path, lineno, tok[1:10], "camera")
+        if v[0] <= 0:
+            raise DataError(path, f"focal length {v[0]:g} must be positive", lineno)
         q = np.array(v[1:5])
         if np.linalg.norm(q) < 1e-8:
             raise DataError(path, "zero quaternion", lineno)

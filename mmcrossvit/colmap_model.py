@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .colmap_io import CameraSpec
+from .colmap_io import CameraSpec, check_camera
 from .errors import DataError
 from .geometry import Pose
 from .storage import write_text
@@ -53,12 +53,24 @@ def colmap_model_format(folder: str | Path) -> str:
                             f"{', '.join(missing[ext])} (COLMAP needs cameras, images and points3D)")
 
 
+def _text_line(path: Path, first: str) -> int | None:
+    """Line (1-based) of a COLMAP text file whose first field is `first`, to point errors at it."""
+    try:
+        with open(path) as f:
+            for i, raw in enumerate(f, start=1):
+                if raw.split()[:1] == [first]:
+                    return i
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def read_colmap_cameras_poses(folder: str | Path) -> tuple[dict[str, CameraSpec], dict[str, Pose]]:
     """Cameras and poses of the registered images of a COLMAP model (text or binary, with or
     without the rigs/frames files of COLMAP >= 3.12)."""
     import pycolmap
     folder = Path(folder)
-    colmap_model_format(folder)
+    fmt = colmap_model_format(folder)
     try:
         rec = pycolmap.Reconstruction(str(folder))
     except Exception as e:  # pycolmap raises plain RuntimeError/ValueError with COLMAP's message
@@ -68,8 +80,20 @@ def read_colmap_cameras_poses(folder: str | Path) -> tuple[dict[str, CameraSpec]
         if not im.has_pose:
             continue
         cam = rec.cameras[im.camera_id]
-        cams[im.name] = CameraSpec(cam.model.name, cam.width, cam.height, tuple(float(p) for p in cam.params))
+        cams[im.name] = check_camera(
+            CameraSpec(cam.model.name, cam.width, cam.height, tuple(float(p) for p in cam.params)),
+            folder / f"cameras.{fmt}", _text_line(folder / "cameras.txt", str(im.camera_id)) if fmt == "txt" else None,
+            f"camera {im.camera_id} of image {im.name!r}")
         T = im.cam_from_world()
+        # COLMAP keeps a zero quaternion as read, and its rotation matrix is then the identity:
+        # a silently wrong database pose, so it is refused here (as the NVM reader does)
+        q = np.asarray(T.rotation.quat, dtype=np.float64)
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(T.translation)) and np.linalg.norm(q) > 1e-8):
+            where = folder / f"images.{fmt}"
+            raise DataError(where, f"image {im.name!r}: the pose needs a non-zero, finite quaternion and a finite "
+                                   f"translation, got q (w x y z) = {np.round(q[[3, 0, 1, 2]], 6).tolist()}, "
+                                   f"t = {np.round(np.asarray(T.translation), 6).tolist()}",
+                            _text_line(where, str(im.image_id)) if fmt == "txt" else None)
         poses[im.name] = Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
     return cams, poses
 

@@ -120,16 +120,40 @@ def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: Si
     attribute, and listed in the returned summary. `workers` processes extract (0: one per core);
     this process alone writes, in the order of `names`, so the file does not depend on it.
     """
-    from .parallel import ordered_map
-    from .records import stamp
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite and out_path.exists():
-        out_path.unlink()
-    _drop_if_corrupt(out_path)
+    # work in <file>.partial, renamed into place when complete: a reader never meets a half-written
+    # file, and an interrupted run resumes from the partial one
+    work = out_path.with_name(out_path.name + ".partial")
+    if overwrite:
+        for p in (out_path, work):
+            p.unlink(missing_ok=True)
+    _drop_if_corrupt(work)
+    if out_path.exists():
+        _drop_if_corrupt(out_path)
     conf_json = conf.to_json()
-    skipped = []
-    with h5py.File(out_path, "a") as f:
-        why = {}
+    current = work if work.exists() and not out_path.exists() else out_path
+    why = _to_extract(current, image_dir, names, conf_json)
+    if not why and current == out_path and out_path.exists():
+        return {"extracted": 0, "already_done": len(names), "skipped": []}  # up to date: nothing written
+    if out_path.exists():
+        os.replace(out_path, work)
+    try:
+        summary = _extract_into(work, image_dir, names, why, conf_json, workers, device, conf)
+    except OSError:
+        # a failed write (disk full, file-size limit) may have left the file inconsistent: drop it,
+        # freeing the space, rather than trust it on the next run
+        work.unlink(missing_ok=True)
+        raise
+    os.replace(work, out_path)
+    return summary
+
+
+def _to_extract(path: Path, image_dir: Path, names: list[str], conf_json: str) -> dict[str, tuple[str, str]]:
+    """{image: (why it is extracted, its file stamp)} for the images `path` lacks or holds stale."""
+    from .records import stamp
+    why = {}
+    f = h5py.File(path, "r") if path.exists() else {}
+    try:
         for n in names:
             p = Path(image_dir) / n
             st = stamp(p) if p.is_file() else "missing"
@@ -144,6 +168,18 @@ def extract_features(image_dir: Path, names: list[str], out_path: Path, conf: Si
             else:
                 continue
             why[n] = (reason, st)
+    finally:
+        if path.exists():
+            f.close()
+    return why
+
+
+def _extract_into(work: Path, image_dir: Path, names: list[str], why: dict, conf_json: str, workers: int,
+                  device: str, conf: SiftConfig) -> dict:
+    from .parallel import ordered_map
+    from .storage import h5_file
+    skipped = []
+    with h5_file(work) as f:
         todo = [n for n in names if n in why]
         counts = {}
         for r, _ in why.values():

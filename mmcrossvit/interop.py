@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from .features import failed_images, feature_names, read_features
-from .storage import atomic_path
+from .storage import atomic_path, h5_file
 
 
 def hloc_features(feats: dict, width: int, height: int) -> dict[str, np.ndarray]:
@@ -40,7 +39,7 @@ def export_hloc(features: Path, out: Path, image_dir: Path, names: list[str] | N
     """Write `features` (ours) as an hloc features file `out`; returns the number of images."""
     if names is None:  # every image with features, less those recorded as unreadable
         names = sorted(feature_names(features) - set(failed_images(features)))
-    with atomic_path(Path(out)) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(Path(out)) as tmp, h5_file(tmp, "w") as f:
         for name in tqdm(names, desc="hloc features", unit="img"):
             with Image.open(Path(image_dir) / name) as im:  # reads the header only
                 w, h = im.size

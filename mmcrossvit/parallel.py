@@ -39,8 +39,22 @@ def resolve_workers(workers: int | None) -> int:
     return workers
 
 
-def _start(threads: int, init: Callable, initargs: tuple) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this worker when its parent dies (Linux): a parent killed, or
+    crashed, must not leave workers behind holding the run's files and lock."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown has to do
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _start(threads: int, init: Callable, initargs: tuple, parent: int) -> None:
     global _STATE
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     import torch
     torch.set_num_threads(threads)
@@ -88,7 +102,7 @@ def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, in
     os.environ.update({k: str(threads) for k in _THREAD_VARS})
     try:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start,
-                                 initargs=(threads, init, initargs)) as pool:
+                                 initargs=(threads, init, initargs, os.getpid())) as pool:
             try:
                 with _without_main_import(fn, init):  # map submits every chunk now, so every process starts here
                     results = pool.map(_run, [fn] * len(items), items, chunksize=chunksize)

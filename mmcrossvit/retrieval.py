@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .data import load_resized, to_tensor
 from .errors import DataError
+from .storage import h5_file
 
 
 def file_fingerprint(path: Path) -> str:
@@ -55,12 +56,14 @@ def compute_descriptors(model: torch.nn.Module, paths: dict[str, Path], size: in
         if stale:
             cache.unlink()
     out: dict[str, np.ndarray] = {}
-    with h5py.File(cache, "a") as f:
+    if cache.exists():
+        with h5py.File(cache, "r") as f:
+            out = {n: f[n][()] for n in paths if n in f}
+    todo = [n for n in paths if n not in out]
+    if not todo:
+        return out  # all cached: nothing written
+    with h5_file(cache) as f:  # not h5py's own driver: a full disk must not crash the process
         f.attrs["fingerprint"] = fingerprint
-        todo = [n for n in paths if n not in f]
-        for n in paths:
-            if n in f:
-                out[n] = f[n][()]
         for i in tqdm(range(0, len(todo), batch_size), desc="descriptors", unit="batch", disable=not todo):
             names = todo[i:i + batch_size]
             x = torch.stack([to_tensor(load_resized(paths[n], size)) for n in names]).to(device)

@@ -71,10 +71,33 @@ def _flock(fd: int) -> bool | None:
         raise
 
 
-def _acquire(path: Path) -> int:
+def _open_readonly(path: Path) -> int | None:
+    """The lock file of a run folder this process cannot write (read-only mount, permissions):
+    opened for reading, to take the lock (flock needs no write access) without recording an
+    owner; None when there is no lock file to open. Such a run can only read, so no step that
+    must write will get far."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
+def _acquire(path: Path) -> int | None:
     host = socket.gethostname()
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            fd = _open_readonly(path)
+            if fd is None:
+                return None
+            if _flock(fd) is False:
+                owner = _owner(fd)
+                os.close(fd)
+                raise RunLockedError(path, f"this run is in use by {_describe(owner)}")
+            return fd
         try:
             got = _flock(fd)
             owner = _owner(fd)
@@ -114,7 +137,9 @@ def _acquire(path: Path) -> int:
             raise
 
 
-def _release(fd: int) -> None:
+def _release(fd: int | None) -> None:
+    if fd is None:
+        return
     try:
         os.ftruncate(fd, 0)  # kept, emptied: deleting it would race with a process opening it
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -131,7 +156,8 @@ def hold(path: str | Path):
     Raises RunLockedError (a DataError: the command line prints it as one line) when another
     live process holds it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True)
     key = os.path.realpath(path)
     with _GUARD:
         entry = _HELD.get(key)

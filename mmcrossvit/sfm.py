@@ -8,7 +8,10 @@ reconstructs instead.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +25,27 @@ from .features import FeatureStore, match_descriptors, read_features
 from .geometry import Pose
 
 log = logging.getLogger(__name__)
+
+
+FULL_DISK_FREE = 16 << 20  # bytes: a COLMAP failure with less free space than this is taken for a full disk
+
+
+@contextlib.contextmanager
+def storage_errors(folder: Path):
+    """COLMAP reports a full disk as a RuntimeError ("SQLite error: database or disk is full", or
+    "No registered database factory succeeded" when the database cannot even be opened): made
+    the OSError it is, naming the folder, so that it ends in one line like any other."""
+    try:
+        yield
+    except RuntimeError as e:
+        try:
+            low = shutil.disk_usage(folder).free < FULL_DISK_FREE
+        except OSError:
+            low = False
+        if "disk is full" in str(e) or low:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (COLMAP: {first})", str(folder)) from None
+        raise
 
 
 def colmap_logging(verbose: bool) -> None:

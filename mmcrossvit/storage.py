@@ -4,6 +4,8 @@ Every writer goes through `atomic_path`: data lands in a temporary file beside t
 is renamed into place, so an interrupted step never leaves a half file that a later step trusts.
 The file gets the mode a plain open() would give it (0666 minus the umask), not mkstemp's 0600.
 JSON is strict: NaN and infinities are written as null, never as tokens other parsers reject.
+HDF5 files are written through a Python file object (`h5_file`): a failed write is then an
+OSError naming the file, where HDF5's own driver crashes the process (a segfault on a full disk).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 import os
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,10 @@ def atomic_path(path: str | Path, suffix: str | None = None):
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a write through a file object names no file: name the target
+            raise os_error(e, path) from None
         # mkstemp made it 0600; outputs are shared like any file the user's tools write
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
@@ -58,15 +64,74 @@ def atomic_path(path: str | Path, suffix: str | None = None):
             tmp.unlink()
 
 
+def os_error(e: OSError, path: str | Path) -> OSError:
+    """`e` naming `path` (a write through a file object raises it without the file's name)."""
+    return e if e.filename else type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+@contextlib.contextmanager
+def h5_file(path: str | Path, mode: str = "a"):
+    """An h5py.File ('a': read, write, create; 'w': truncate) written through a Python file object.
+
+    HDF5's own file driver segfaults when a write fails (ENOSPC, EFBIG) and it later flushes; with
+    a file object the failure comes back from Python as an OSError, naming the file, and nothing
+    crashes. Reading goes through h5py as usual."""
+    import h5py
+    path = Path(path)
+    raw = open(path, "r+b" if mode == "a" and path.exists() else "w+b")
+    try:
+        with h5py.File(raw, "a" if mode == "a" else "w") as f:
+            yield f
+        raw.close()
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            raw.close()
+        raise os_error(e, path) from None
+    finally:
+        with contextlib.suppress(OSError):
+            raw.close()
+
+
 def write_text(path: str | Path, text: str) -> None:
+    """Atomic; a file that already holds exactly `text` is left alone, so that a run whose steps
+    are all up to date writes nothing (and works on a read-only copy)."""
+    if _holds(path, text.encode()):
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
+def _holds(path: str | Path, data: bytes) -> bool:
+    try:
+        p = Path(path)
+        return p.stat().st_size == len(data) and p.read_bytes() == data
+    except OSError:
+        return False
+
+
+def changed_since(t: float, *roots: str | Path) -> bool:
+    """True when a file under `roots` was written at or after time `t` (a run's own outputs: a
+    few hundred files). Hidden files (the run's lock) do not count."""
+    for root in roots:
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                if f.startswith("."):
+                    continue
+                try:
+                    if os.stat(os.path.join(dirpath, f)).st_mtime >= t:
+                        return True
+                except FileNotFoundError:
+                    pass
+    return False
+
+
 def write_json(path: str | Path, obj) -> None:
     """Strict JSON (allow_nan=False): non-finite floats become null, numpy values plain ones."""
-    text = json.dumps(to_json(obj), indent=2, sort_keys=False, allow_nan=False, default=_unknown)
-    write_text(path, text + "\n")
+    write_text(path, _json_text(obj))
+
+
+def _json_text(obj) -> str:
+    return json.dumps(to_json(obj), indent=2, sort_keys=False, allow_nan=False, default=_unknown) + "\n"
 
 
 def read_json(path: str | Path):
@@ -106,6 +171,15 @@ def _unknown(o):
 
 
 def write_npz(path: str | Path, **arrays) -> None:
+    """Atomic; left alone when it already holds exactly these arrays (a zip stamps its time, so
+    the bytes would differ)."""
+    try:
+        old = read_npz(path)
+        if old.keys() == arrays.keys() and all(
+                old[k].dtype == np.asarray(v).dtype and np.array_equal(old[k], v) for k, v in arrays.items()):
+            return
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
 
@@ -116,9 +190,10 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    from safetensors.torch import save
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_path(path) as tmp:  # written by Python: a full disk is an OSError naming the file
+        tmp.write_bytes(data)
 
 
 def read_safetensors(path: str | Path, device: str = "cpu") -> dict:

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from mmcrossvit.colmap_io import (CAMERA_MODELS, CameraSpec, NVMCamera, NVMModel, read_intrinsics, read_nvm,
-                                  read_pairs, read_poses, write_intrinsics, write_nvm, write_pairs, write_poses)
+from mmcrossvit.colmap_io import (CAMERA_MODELS, SINGLE_FOCAL_MODELS, CameraSpec, NVMCamera, NVMModel,
+                                  read_intrinsics, read_nvm, read_pairs, read_poses, write_intrinsics, write_nvm,
+                                  write_pairs, write_poses)
 from mmcrossvit.colmap_model import read_colmap_cameras_poses, read_model_observations, write_colmap_text
 from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose, box_iou, pose_error, qvec_to_rotmat, robust_box, rotmat_to_qvec
@@ -361,8 +362,13 @@ FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 def camera_specs(draw):
     model = draw(st.sampled_from(sorted(CAMERA_MODELS)))
     w, h = draw(st.integers(1, 10000)), draw(st.integers(1, 10000))
-    params = tuple(draw(st.lists(FINITE, min_size=CAMERA_MODELS[model], max_size=CAMERA_MODELS[model])))
-    return CameraSpec(model, w, h, params)
+    params = draw(st.lists(FINITE, min_size=CAMERA_MODELS[model], max_size=CAMERA_MODELS[model]))
+    # a usable camera (what the readers accept): positive focal lengths, principal point in the image
+    n_f = 1 if model in SINGLE_FOCAL_MODELS else 2
+    focal = st.floats(1e-6, 1e9, allow_nan=False)
+    params[:n_f] = [draw(focal) for _ in range(n_f)]
+    params[n_f:n_f + 2] = [draw(st.floats(0, w)), draw(st.floats(0, h))]
+    return CameraSpec(model, w, h, tuple(params))
 
 
 @st.composite

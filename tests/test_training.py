@@ -211,9 +211,9 @@ def test_teacher_resume_reproduces_the_uninterrupted_run(run, tmp_path):
     assert a["finished"] and a["epochs_done"] == 2 and a["best"]["R@1"] >= 0
     b = teacher_main(run["args"] + FAST + ["--out", str(cut), "--stop-after", "1"])
     assert not b["finished"] and b["epochs_done"] == 1
-    with pytest.raises(DataError, match="--resume"):                  # an unfinished run is never overwritten
-        teacher_main(run["args"] + FAST + ["--out", str(cut)])
-    c = teacher_main(run["args"] + FAST + ["--out", str(cut), "--resume"])
+    with pytest.raises(DataError, match=r"unfinished run trained from other inputs or settings \(changed: lr\)"):
+        teacher_main(run["args"] + FAST + ["--out", str(cut), "--lr", "5e-4"])   # never mixed, never overwritten
+    c = teacher_main(run["args"] + FAST + ["--out", str(cut)])          # the same command continues it
     assert c["finished"] and c["steps"] == a["steps"]
     A, C = state_of(full / "last.pt"), state_of(cut / "last.pt")
     assert_same_tensors(A["model"], C["model"])
@@ -283,7 +283,7 @@ def test_a_retrained_teacher_retrains_its_student(tmp_path, capsys):
     assert "the finished run is stale (changed: lr): retraining from scratch" in capsys.readouterr().out
     student_main(sargs)
     assert "the finished run is stale (changed: teacher): retraining from scratch" in capsys.readouterr().out
-    with pytest.raises(DataError, match=r"\(changed: sigma\); --resume would mix them"):
+    with pytest.raises(DataError, match=r"\(changed: sigma\); continuing would mix them"):
         student_main(sargs + ["--resume", "--sigma", "2"])
     assert student_main(sargs + ["--resume", "--epochs", "2"])["epochs_done"] == 2  # more epochs: allowed
 

@@ -19,7 +19,8 @@ def execute(module, run: RunLayout, cfg: argparse.Namespace):
     check = getattr(module, "check", None)
     if check is not None:
         check(run, cfg)  # before mkdir: a mistyped run name must not leave an outputs/<typo> behind
-    run.out.mkdir(parents=True, exist_ok=True)
+    if not run.out.is_dir():
+        run.out.mkdir(parents=True)
     with run_lock(run):  # re-entrant: run_pipeline.py and benchmarks execute steps inside each other
         record = getattr(module, "record_name", lambda c: module.STEP)(cfg)  # e.g. localize vs its oracle run
         write_json(run.settings(record), {"step": module.STEP, "dataset": str(run.dataset), "name": run.name,

@@ -269,6 +269,36 @@ def _read_log(path: Path) -> dict[str, dict]:
     return {r["query"]: r for r in read_jsonl(path) if "query" in r} if path.exists() else {}
 
 
+def _log_lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return -1
+
+
+def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, cands: dict, keys: dict, model,
+              rerank: int, rerank_keep: int) -> None:
+    """Rewrite the log with the rows kept (no torn, stale or dropped row survives), then localize
+    `todo`, appending a row per query as it finishes (so an interrupted run resumes); fills `done`."""
+    with open(log_path, "w") as logf:
+        logf.writelines(json.dumps(r) + "\n" for r in done.values())
+        logf.flush()
+        jobs = [(q, queries[q].camera, cands[q],
+                 ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
+        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
+                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree,
+                cfg.rerank_fallback, cfg.max_rival_ratio, cfg.rival_radius)
+        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
+        for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
+            row = {**r, "condition": queries[q].condition, "key": keys[q],
+                   # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
+                   # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
+                   "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
+            logf.write(json.dumps(row) + "\n")
+            logf.flush()
+            done[q] = row
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ds = Dataset(run.dataset)
@@ -323,24 +353,10 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                 ([f"{len(dropped)} queries no longer listed (dropped)"] if dropped else [])
         print(f"{'; '.join(parts)}: re-localizing {len(stale)} queries")
     done = {q: r for q, r in done.items() if q in queries and q not in stale}
-    with open(log_path, "w") as logf:  # rewritten cleanly: no torn, stale or dropped row survives
-        logf.writelines(json.dumps(r) + "\n" for r in done.values())
-        logf.flush()
-        todo = [q for q in sorted(queries) if q not in done]
-        jobs = [(q, queries[q].camera, cands[q],
-                 ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
-        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
-                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree,
-                cfg.rerank_fallback, cfg.max_rival_ratio, cfg.rival_radius)
-        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
-        for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
-            row = {**r, "condition": queries[q].condition, "key": keys[q],
-                   # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
-                   # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
-                   "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
-            logf.write(json.dumps(row) + "\n")
-            logf.flush()
-            done[q] = row
+    todo = [q for q in sorted(queries) if q not in done]
+    if todo or stale or dropped or _log_lines(log_path) != len(done):
+        _localize(run, cfg, log_path, done, todo, queries, cands, keys, model, rerank, rerank_keep)
+    # else every row is current: the log is left as it is (an up-to-date run writes nothing)
     region = map_region(model)
     written = {q: written_pose(r, cfg.unverified_pose, region) for q, r in sorted(done.items())}
     write_poses(results_path, {ds.results_name(q): pose for q, (pose, _) in written.items()})

@@ -83,8 +83,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-validation", action="store_true", help="do not check that every listed image exists")
 
 
+def check(run: RunLayout, cfg: argparse.Namespace) -> dict:
+    """The dataset's layout, cameras and poses, checked before anything is written (a bad input
+    file is one error naming it and its line, and leaves no outputs/<name>/ behind)."""
+    ds = Dataset(run.dataset)
+    if cfg.mapper == "incremental":  # no reference poses: the images and query lists only
+        ds.images_dir
+        return {"database_images": None, "queries": len(ds.queries)}
+    return ds.validate(check_images=not cfg.skip_validation)
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run.out.mkdir(parents=True, exist_ok=True)
+    with sfm.storage_errors(run.out):  # COLMAP's database on a full disk
+        return _preprocess(run, cfg)
+
+
+def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
     t0 = time.time()
     import pycolmap
     pycolmap.set_random_seed(cfg.seed)  # COLMAP's RANSAC in triangulation and verification
@@ -97,7 +113,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                           if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.stem.endswith("_cyclegan"))
         summary = {"database_images": len(db_names), "queries": len(ds.queries)}
     else:
-        summary = ds.validate(check_images=not cfg.skip_validation)
+        summary = ds.validate(check_images=False)  # the images were checked by check()
         db_names = ds.db_names
     log.info("dataset %s: %s", ds.root, summary)
 
@@ -119,8 +135,10 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     sfm_inputs = {"features": features_digest(run.features, db_names),
                   **{str(p): records.fingerprint(ds.root / p) for p in REFERENCE_FILES}}
     sfm_key = records.make_key(sfm_settings, sfm_inputs)
+    worked = feat_summary["extracted"] > 0
     if not records.up_to_date(run.record("sfm"), sfm_key, is_complete(run.sfm_points, run.sfm_summary),
                               cfg.overwrite, f"SfM model {run.sfm}", sfm_settings, sfm_inputs, log.info):
+        worked = True
         if incremental:
             import pycolmap
             pairs = sfm.pairs_exhaustive(db_names)
@@ -175,6 +193,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     db_key = records.make_key(db_settings, db_inputs)
     if not records.up_to_date(run.record("spatial_db"), db_key, is_complete(run.spatial_db, run.db_stats),
                               cfg.overwrite, f"spatial database {run.spatial_db}", db_settings, db_inputs, log.info):
+        worked = True
         image_points, pids, xyz = read_model_observations(run.sfm)
         _, model_poses = read_colmap_cameras_poses(run.sfm)
         names_db = sorted(n for n in model_poses if n in set(db_names))
@@ -206,8 +225,11 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary),
               "unreadable_images": failed_images(run.features), "sfm": sfm_summary,
               "database": st, "seconds": round(time.time() - t0, 1)}
-    write_json(run.preprocessing_summary, result)
-    print(f"preprocessing done in {result['seconds']} s: {sfm_summary['points']} points, "
+    if worked or not run.preprocessing_summary.exists():
+        write_json(run.preprocessing_summary, result)
+    else:  # all up to date: the summary stays the one of the run that did the work
+        result = read_json(run.preprocessing_summary)
+    print(f"preprocessing done in {round(time.time() - t0, 1)} s: {sfm_summary['points']} points, "
           f"{sfm_summary['registered_images']} images, mean track {sfm_summary['mean_track_length']:.2f}, "
           f"reprojection error {sfm_summary['mean_reprojection_error']:.2f} px; "
           f"{st['positives_per_anchor']['mean']:.1f} positives per anchor")

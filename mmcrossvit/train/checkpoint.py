@@ -17,6 +17,7 @@ a message that names the differing fields. Every torch file goes through `read_t
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import shutil
@@ -84,8 +85,20 @@ def read_torch(path: str | Path, what: str = "torch checkpoint"):
     """torch.load(weights_only=True): tensors and plain types only; anything else is a DataError."""
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise DataError(path, f"{what} not found") from None
     except Exception as e:
-        raise DataError(path, f"not a readable {what} ({e})") from e
+        # torch's refusal runs to many lines and advises weights_only=False: keep its line of cause
+        msg = str(e)
+        unsafe = msg.startswith("Weights only load failed")
+        parts = [" ".join(p.split()) for p in msg.split("\n\n") if p.strip()]
+        parts = [p for p in parts if not p.startswith(("Weights only load failed", "Check the documentation",
+                                                       "Please file an issue"))] or parts[:1]
+        cause = f"{type(e).__name__}: {parts[0] if parts else ''}"
+        cause = cause if len(cause) <= 200 else cause[:197] + "..."
+        kind = "holds Python objects, not only tensors, and this project never unpickles them" if unsafe \
+            else "cannot be read"
+        raise DataError(path, f"not a readable {what}: it {kind} ({cause})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +121,10 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scaler, *, kind: st
              'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else None,
              'schedule': dict(schedule), 'epoch': int(epoch), 'step': int(step), 'best': plain(best),
              'metrics': plain(metrics), 'rng': rng, 'args': plain(args), 'extra': extra or {}}
+    buf = io.BytesIO()  # serialised in memory: torch.save on a full disk raises RuntimeError, not OSError
+    torch.save(state, buf)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buf.getbuffer())
 
 
 def load_checkpoint(path: Path, kind: Optional[str] = None, config: Optional[dict] = None) -> dict:
@@ -153,8 +168,10 @@ def start_or_resume(out: TrainDir, cfg, d: Dist, inputs: dict) -> tuple[str, Opt
 
     A finished run is reused only when it was trained from the same inputs (the spatial DB,
     tokens, teacher weights: `inputs`) and settings; otherwise it is retrained from scratch, with a
-    line saying what changed. --resume continues a run only from the same inputs and settings
-    (more --epochs allowed)."""
+    line saying what changed. An unfinished run (interrupted, or --stop-after) continues when its
+    inputs and settings are the current ones, as the interruption message promises; when they
+    differ the run stops with one line saying what changed, since going on would mix them and
+    starting over would throw away epochs. --resume also continues a finished run (more --epochs)."""
     from .. import records
     settings = {k: v for k, v in sorted(vars(cfg).items()) if k not in RUNTIME}
     key = records.make_key(settings, inputs)
@@ -164,20 +181,20 @@ def start_or_resume(out: TrainDir, cfg, d: Dist, inputs: dict) -> tuple[str, Opt
     if not cfg.overwrite and out.last.exists():
         rec = records.read(out.inputs)
         finished = out.summary.exists() and read_json(out.summary).get('finished')
-        if cfg.resume:
-            if rec is None or rec.get('base') != base:
-                raise DataError(out.root, f"was trained from other inputs or settings "
-                                          f"({records.changed(out.inputs, settings, inputs)}); --resume would mix "
-                                          f"them: use --overwrite to start over")
+        same = rec is not None and rec.get('base') == base
+        if cfg.resume or not finished:
+            if not same:
+                what = "was trained" if finished else "holds an unfinished run trained"
+                raise DataError(out.root, f"{what} from other inputs or settings "
+                                          f"({records.changed(out.inputs, settings, inputs)}); continuing would mix "
+                                          f"them: delete the folder, or pass --overwrite to the step's script, "
+                                          f"to start over")
             state, ck = 'resume', out.last
-        elif finished and rec is not None and rec.get('key') == key:
+        elif rec is not None and rec.get('key') == key:
             return 'done', out.last
-        elif finished:
+        else:
             say(f"{out.root}: the finished run is stale ({records.changed(out.inputs, settings, inputs)}): "
                 f"retraining from scratch")
-        else:
-            raise DataError(out.root, "holds an unfinished run (last.pt): pass --resume to continue it or "
-                                      "--overwrite to start over")
     if d.main:
         if state == 'fresh':
             for f in (out.last, out.best, out.summary):
@@ -225,7 +242,7 @@ def read_state_dict(path: str | Path) -> tuple[dict, Optional[dict]]:
             except ValueError:
                 config = None
     else:
-        obj = read_torch(path, "torch checkpoint with weights_only=True")
+        obj = read_torch(path, "torch checkpoint")
         if not isinstance(obj, dict):
             raise DataError(path, f"expected a state dict or a dict with 'model', got {type(obj).__name__}")
         if isinstance(obj.get('config'), dict):
