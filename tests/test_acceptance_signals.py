@@ -128,11 +128,14 @@ def test_place_ratio_test_rejects_from_its_logged_ratio(tiny_run):
     assert all("rival_ratio" not in r for r in logged.values() if not r["success"])  # tested only once accepted
     values = sorted({r["rival_ratio"] for r in accepted.values()})
     cut = values[len(values) // 2] if values[-1] > 0 else 1e-9
+    assert any(r["rival_ratio"] >= cut for r in accepted.values()), "no accepted pose reaches the cut: nothing to reject"
     execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=cut, **common))
     cut_log = {r["query"]: r for r in map(json.loads, open(run.localization_log("rival-cut")))}
     for q, r in logged.items():
         assert cut_log[q]["inliers"] == r["inliers"]  # the same hypothesis
         assert cut_log[q]["success"] == (r["success"] and r["rival_ratio"] < cut), q
+    rejected = [q for q, r in cut_log.items() if r.get("rejected_by") == "place ratio"]
+    assert rejected and len(rejected) == sum(r["rival_ratio"] >= cut for r in accepted.values())
     with pytest.raises(DataError, match="--max-rival-ratio must be >= 0"):
         execute(localize, run, cli.settings(localize, "paper", tag="rival-cut", max_rival_ratio=-1.0, **common))
     with pytest.raises(DataError, match="--rival-radius must be > 0"):

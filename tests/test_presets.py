@@ -56,8 +56,22 @@ def test_an_explicit_flag_overrides_the_preset(tmp_path):
     assert cfg.first_octave == -1 and cfg.peak_threshold == presets.PRESETS["demo"]["preprocess"]["peak_threshold"]
 
 
-def test_demo_preset_keeps_its_token_grid_in_the_table():
-    assert presets.step_settings("demo", "tokens")["grid"] == 7  # once only run_pipeline passed --grid 7
+@pytest.mark.parametrize("preset", ["demo", "tiny"])
+def test_run_pipeline_runs_every_step_with_its_presets_values(preset, tmp_path, monkeypatch):
+    """Every value in the preset table reaches the step as run_pipeline.py runs it (the demo's
+    token grid once came from a --grid flag run_pipeline.py passed, not from the table)."""
+    import run_pipeline
+    from mmcrossvit import steps
+    ran = {}
+    monkeypatch.setattr(steps, "execute", lambda module, run, cfg: ran.setdefault(module.STEP, vars(cfg)))
+    (tmp_path / "ground_truth").mkdir()
+    (tmp_path / "ground_truth" / "query_poses.txt").write_text("")
+    run_pipeline._run_steps(run_pipeline.parse_args(["--dataset", str(tmp_path), "--preset", preset]),
+                            RunLayout.create(tmp_path, outputs=tmp_path / "o", database_root=tmp_path / "d"), 0)
+    assert set(ran) == {"preprocess", "tokens", "teacher", "student", "pairs", "localize", "evaluate"}
+    for step, cfg in ran.items():
+        table = presets.step_settings(preset, step)
+        assert {k: cfg[k] for k in table} == table, step
 
 
 def test_one_definition_of_paths_and_run_names():
