@@ -20,13 +20,13 @@ install: $(VENV)/.installed
 
 # The whole chain on the embedded synthetic scenes (generated on first run).
 demo: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate --dataset datasets/demo --preset demo
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate --dataset datasets/demo --preset demo --notebook
 
 # The same chain on any dataset in the documented layout (NAME: the dataset folder's name unless
 # given; OUTPUTS and DATABASE_ROOT: where the run's files go). Paths may hold spaces.
 pipeline: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset "$(DATASET)" $(if $(NAME),--name "$(NAME)") \
-		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)"
+		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" --notebook
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -12,6 +12,7 @@ Steps (each one skips its work when its outputs are already complete):
   6. localize   PnP-RANSAC per query -> Pose_Estimation_Results.txt
   7. oracle     localization with ground-truth retrieval (only with ground truth)
   8. evaluate   accuracy tables (only with ground truth)
+  then, with --notebook, final_pipeline.ipynb executed against the run (.ipynb and .html)
 Every setting comes from the preset (mmcrossvit/presets.py): `python <step script> --preset P`
 runs a step exactly as this does. Presets: tiny (tests), demo (CPU, minutes), paper (GPUs).
 """
@@ -36,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--generate", nargs="?", const="", default=None, metavar="PRESET",
                    help="first generate the synthetic scene of --preset (or of PRESET) into --dataset")
     p.add_argument("--from-step", choices=STEP_NAMES[1:], default=None, help="skip the steps before this one")
+    p.add_argument("--notebook", action="store_true",
+                   help="last, execute final_pipeline.ipynb against the run: outputs/<name>/final_pipeline.html "
+                        "(and .ipynb, with outputs)")
     return p.parse_args(argv)
 
 
@@ -69,6 +73,11 @@ def main(argv=None) -> dict:
     if "generate" in timings or changed_since(started, run.out, run.database):
         write_json(run.timings, timings)  # a run whose steps were all up to date writes nothing
     print("\nstep times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    if args.notebook:
+        from mmcrossvit import notebook
+        t = time.time()
+        ipynb, html = notebook.write(run)
+        print(f"Notebook, executed against this run ({round(time.time() - t, 1)} s): {html} (and {ipynb.name})")
     if not (Path(args.dataset) / GT_POSES).exists():
         print(f"Results: {run.results} — no ground truth here; submit it to the Visual Localization Benchmark.")
     return timings

@@ -109,13 +109,13 @@ def _holds(path: str | Path, data: bytes) -> bool:
         return False
 
 
-def changed_since(t: float, *roots: str | Path) -> bool:
+def changed_since(t: float, *roots: str | Path, ignore: set[str] = frozenset()) -> bool:
     """True when a file under `roots` was written at or after time `t` (a run's own outputs: a
-    few hundred files). Hidden files (the run's lock) do not count."""
+    few hundred files). Hidden files (the run's lock) and names in `ignore` do not count."""
     for root in roots:
         for dirpath, _, files in os.walk(root):
             for f in files:
-                if f.startswith("."):
+                if f.startswith(".") or f in ignore:
                     continue
                 try:
                     if os.stat(os.path.join(dirpath, f)).st_mtime >= t:

@@ -94,16 +94,14 @@ def test_ctrl_c_in_the_teacher_then_the_same_make_command_gives_the_same_results
 
 
 def test_notebook_executes_and_shows_the_json_tables(chain):
+    """What `make demo` leaves: the notebook executed against the run, as .ipynb and as HTML."""
     import nbformat
-    from nbclient import NotebookClient
+    from mmcrossvit import notebook
+    from mmcrossvit.paths import RunLayout
     data, out, dbroot, _ = chain
-    nb = nbformat.read(REPO / "final_pipeline.ipynb", as_version=4)
-    params = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    params.source = (f"DATASET = {str(data)!r}\nNAME = None\nOUTPUTS = {str(out.parent)!r}\n"
-                     f"DATABASE_ROOT = {str(dbroot)!r}\nNUM_SHOWN = 5")
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}})
-    client.execute()
+    ipynb, html = notebook.write(RunLayout.create(data, None, out.parent, dbroot))
+    assert ipynb.parent == html.parent == out
+    nb = nbformat.read(ipynb, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     shown = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
@@ -118,6 +116,11 @@ def test_notebook_executes_and_shows_the_json_tables(chain):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "data" in o and "image/png" in o["data"]]
     assert len(images) >= 4  # retrieval (day, night), matches, top-down
+    page = html.read_text()
+    assert page.count("<img") >= len(images) and "data:image/png;base64," in page  # self-contained
+    stamp = (ipynb.stat().st_mtime_ns, html.stat().st_mtime_ns)
+    notebook.write(RunLayout.create(data, None, out.parent, dbroot))  # nothing changed: not re-executed
+    assert (ipynb.stat().st_mtime_ns, html.stat().st_mtime_ns) == stamp
 
 
 def test_results_match_estimates_in_log(chain):
