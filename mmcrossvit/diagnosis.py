@@ -23,7 +23,7 @@ from .errors import DataError
 from .evaluation import THRESHOLDS, project, visible_points
 from .features import read_features
 from .geometry import Pose, pose_error
-from .localization import SfMModel, correspondences, localize_query, ransac_threshold
+from .localization import LocalizeOptions, SfMModel, correspondences, localize_query
 
 FINEST, COARSEST = THRESHOLDS[0], THRESHOLDS[-1]
 KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers",
@@ -119,10 +119,8 @@ def diagnose_query(name: str, camera: CameraSpec, gt_pose: Pose, retrieved: list
     image, how many of the 3D points visible from the true pose it observes (a row of
     `evaluation.gt_covisibility` over the model's images)."""
     s = {k: settings[k] for k in SETTINGS}
-    r = localize_query(name, camera, retrieved, model, features, s["ratio"],
-                       ransac_threshold(camera, s["ransac_max_error"], s["ransac_ref_size"]),
-                       s["covisibility"], s["min_inliers"], s["seed"],
-                       min_coverage=settings.get("min_coverage", 0.0))  # recorded only when the rule is on
+    r = localize_query(name, camera, retrieved, model, features,  # min_coverage: recorded only when on
+                       LocalizeOptions.of(s, min_coverage=settings.get("min_coverage", 0.0)))
     if rejected_by == "place ratio" and r.success:
         r.success, r.rejected_by, r.estimate = False, rejected_by, r.pose
     # every retrieved image's correspondences at once: without clustering these are the ones the
@@ -212,9 +210,8 @@ def replay_accepted(ds, model: SfMModel, features: Path, settings: dict, log: Pa
         if not (r["success"] or rejected):
             continue
         q = ds.queries[r["query"]]
-        res = localize_query(r["query"], q.camera, r["retrieved"], model, features, s["ratio"],
-                             ransac_threshold(q.camera, s["ransac_max_error"], s["ransac_ref_size"]),
-                             s["covisibility"], s["min_inliers"], s["seed"])
+        res = localize_query(r["query"], q.camera, r["retrieved"], model, features,
+                             LocalizeOptions.of({k: s[k] for k in SETTINGS}))
         if res.num_inliers != r["inliers"] or not res.success:
             raise SystemExit(f"{log}: {r['query']} does not reproduce ({res.num_inliers} inliers, "
                              f"logged {r['inliers']}); run localize.py again")

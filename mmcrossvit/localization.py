@@ -258,17 +258,42 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
     return Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)), np.asarray(ret["inlier_mask"], bool)
 
 
+@dataclass(frozen=True)
+class LocalizeOptions:
+    """Every setting that changes a query's pose, passed whole (the localize step builds it from the
+    preset and its flags: `of`). The defaults are the paper preset's: no re-ranking, no extra rules."""
+    ratio: float = 0.8                  # Lowe's ratio test on the SIFT matches
+    ransac_max_error: float = 12.0      # PnP inlier threshold in px at a longer image side of ransac_ref_size
+    ransac_ref_size: float | None = 1600  # (scaled to each query's size; None: unscaled)
+    covisibility: bool = False          # hloc's covisibility clustering of the candidates
+    min_inliers: int = 12               # a pose with fewer PnP inliers is not verified
+    min_coverage: float = 0.0           # nor one whose inliers cover less of the image (0: off)
+    max_rival_ratio: float = 0.0        # nor one a far-away candidate rivals this closely (0: off) ...
+    rival_radius: float = 5.0           # ... "far" meaning beyond this many metres
+    rerank_keep: int | None = None      # re-ranking: keep this many of the candidates (None: off)
+    rerank_points: bool = False         # score candidates on their triangulated keypoints only
+    rerank_pnp: int = 0                 # verify this many best-scored candidates by their own PnP
+    rerank_agree: float = 5.0           # and keep those within this many metres of the best-verified
+    rerank_fallback: str = "best"       # when none verifies alone: "best" candidate, or "scores" order
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, settings, **overrides) -> "LocalizeOptions":
+        """From a settings mapping or namespace (a preset's, a run's recorded ones): the fields it has."""
+        given = settings if isinstance(settings, dict) else vars(settings)
+        return cls(**{**{f: given[f] for f in cls.__dataclass_fields__ if f in given}, **overrides})
+
+    def threshold(self, camera: CameraSpec) -> float:
+        return ransac_threshold(camera, self.ransac_max_error, self.ransac_ref_size)
+
+
 def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: SfMModel,
-                   features: Path | FeatureStore,
-                   ratio: float = 0.8, max_error: float = 12.0, covisibility: bool = False,
-                   min_inliers: int = 12, seed: int = 0, rerank_keep: int | None = None,
-                   device: str = "cpu", min_coverage: float = 0.0, rerank_points: bool = False,
-                   rerank_pnp: int = 0, rerank_agree: float = 5.0, rerank_fallback: str = "best",
-                   max_rival_ratio: float = 0.0, rival_radius: float = 5.0) -> QueryResult:
+                   features: Path | FeatureStore, opts: LocalizeOptions = LocalizeOptions()) -> QueryResult:
     """Localize one query; on failure its pose is the top retrieved image's (as hloc does), and a
     pose RANSAC found but a rule rejected (too few inliers, coverage, place ratio) is kept as the
     result's `estimate`, the rule named in `rejected_by`.
-    `max_error` is the RANSAC threshold in pixels (see ransac_threshold). The result holds the best
+    The RANSAC threshold in pixels is `opts.threshold(camera)`. The result holds the best
     hypothesis's correspondences and inlier mask whether it succeeded or not (for diagnosis).
 
     With `rerank_keep`, `retrieved` are candidates: each is matched once and scored (`rerank`),
@@ -292,7 +317,12 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     ran before it (an interrupted run resumes to identical results)."""
     import pycolmap
     from .device import pick
-    dev = pick(device)
+    ratio, covisibility, min_inliers, min_coverage, seed = (opts.ratio, opts.covisibility, opts.min_inliers,
+                                                            opts.min_coverage, opts.seed)
+    rerank_keep, rerank_points, rerank_pnp, rerank_agree = (opts.rerank_keep, opts.rerank_points, opts.rerank_pnp,
+                                                            opts.rerank_agree)
+    max_rival_ratio, rival_radius, max_error = opts.max_rival_ratio, opts.rival_radius, opts.threshold(camera)
+    dev = pick(opts.device)
     store = FeatureStore.of(features)  # pass one store to reuse database features across queries
     t0 = time.time()
     try:
@@ -328,7 +358,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
                     own[candidates[i]] = pnp_inliers[i], poses[i]
             kept = agreeing(candidates, scores, pnp_inliers, poses, rerank_keep, rerank_agree, min_inliers)
             # inconclusive (no candidate verified on its own): pooled matches may still find the pose
-            if rerank_fallback == "best" or pnp_inliers[candidates.index(kept[0])] >= min_inliers:
+            if opts.rerank_fallback == "best" or pnp_inliers[candidates.index(kept[0])] >= min_inliers:
                 retrieved = kept
             t_pnp += time.time() - ta
     # reseeded after verification: localizing the kept list again without re-ranking gives this pose

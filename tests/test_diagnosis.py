@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from mmcrossvit.colmap_io import CameraSpec
-from mmcrossvit.diagnosis import KINDS, diagnose_query, failure_kind, gt_consistent, summarise
+from mmcrossvit.diagnosis import KINDS, SETTINGS, diagnose_query, failure_kind, gt_consistent, summarise
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import THRESHOLDS, gt_covisibility, visible_points
 from mmcrossvit.geometry import Pose, pose_error
 from mmcrossvit.layout import Dataset
-from mmcrossvit.localization import SfMModel, estimate_pose, localize_query, ransac_threshold
+from mmcrossvit.localization import LocalizeOptions, SfMModel, estimate_pose, localize_query
 from mmcrossvit.storage import read_json
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -182,9 +182,9 @@ def test_failed_queries_are_diagnosed_from_their_best_hypothesis(context):
     rows = _diagnose_all(context, min_inliers=10**6, covisibility=True)
     for q, r in rows.items():
         cam = ds.queries[q].camera
-        ref = localize_query(q, cam, log[q]["retrieved"], model, run.features, settings["ratio"],
-                             ransac_threshold(cam, settings["ransac_max_error"], settings["ransac_ref_size"]),
-                             True, 10**6, settings["seed"])
+        ref = localize_query(q, cam, log[q]["retrieved"], model, run.features,
+                             LocalizeOptions.of({k: settings[k] for k in SETTINGS}, covisibility=True,
+                                                min_inliers=10**6))
         assert not r["success"] and r["inliers"] == ref.num_inliers and r["reproduced"]
         assert r["gt_inliers"] <= r["inliers"]
         assert r["kind"] == ("retrieval miss" if not r["covisible_retrieved"] else

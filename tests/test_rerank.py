@@ -14,8 +14,8 @@ from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import gt_covisibility
 from mmcrossvit.layout import Dataset
 from mmcrossvit.geometry import Pose
-from mmcrossvit.localization import (ImageMatches, SfMModel, agreeing, candidate_pose, correspondences,
-                                     localize_query, match_image, pool, ransac_threshold, rerank)
+from mmcrossvit.localization import (ImageMatches, LocalizeOptions, SfMModel, agreeing, candidate_pose,
+                                     correspondences, localize_query, match_image, pool, ransac_threshold, rerank)
 from mmcrossvit.features import read_features
 from mmcrossvit.steps import execute, localize
 
@@ -123,8 +123,7 @@ def test_rerank_keeps_the_verified_candidates_and_changing_it_relocalizes(weak, 
     ds = Dataset(root)
     q = next(q for q, r in rows.items() if r["success"])
     cam = ds.queries[q].camera
-    ref = localize_query(q, cam, rows[q]["retrieved"], model, run.features, 0.8,
-                         ransac_threshold(cam, 12.0, 1600), False, 12, 0)
+    ref = localize_query(q, cam, rows[q]["retrieved"], model, run.features, LocalizeOptions())  # the paper's
     assert (ref.num_inliers, ref.num_matches) == (rows[q]["inliers"], rows[q]["matches"])
     assert np.allclose(ref.pose.t, rows[q]["tvec"])
     # ...and a candidate's score is its distinct correspondences from matching the query to its
@@ -188,8 +187,9 @@ def test_pnp_verification_pools_only_candidates_that_agree_and_the_kept_list_rep
         c0 = own[kept[0]][1].center
         assert all(np.linalg.norm(own[n][1].center - c0) <= s["rerank_agree"] for n in kept)
         # the kept list alone, without re-ranking, reproduces the logged pose (verification reseeds)
-        ref = localize_query(q, cam, kept, model, run.features, s["ratio"], threshold, False, s["min_inliers"],
-                             s["seed"])
+        ref = localize_query(q, cam, kept, model, run.features,
+                             LocalizeOptions.of({k: s[k] for k in ("ratio", "ransac_max_error", "ransac_ref_size",
+                                                                   "min_inliers", "seed")}))
         assert (ref.num_inliers, ref.num_matches, ref.success) == (r["inliers"], r["matches"], r["success"])
         assert np.allclose(ref.pose.t, r["tvec"])
         checked += 1

@@ -53,7 +53,7 @@ from .. import records
 from ..features import FeatureStore, extract_features, feature_names, feature_stamps, stored_config
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
-from ..localization import REJECTIONS, RERANK_FALLBACKS, SfMModel, localize_query, ransac_threshold
+from ..localization import REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query
 from ..parallel import ordered_map, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import read_jsonl, write_json
@@ -216,19 +216,15 @@ def candidates(run: RunLayout, cfg, ds: Dataset, model: SfMModel) -> dict[str, l
     return {q: c[:k] for q, c in cands.items()} if k else cands
 
 
-def _localize_init(model: SfMModel, features: Path, opts: tuple):
+def _localize_init(model: SfMModel, features: Path, opts: LocalizeOptions):
     return model, FeatureStore(features), opts
 
 
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
-    model, features, (ratio, covisibility, min_inliers, seed, rerank_keep, device, min_coverage, rerank_points,
-                      rerank_pnp, rerank_agree, rerank_fallback, max_rival_ratio, rival_radius) = state
-    q, camera, cands, threshold = job
-    r = localize_query(q, camera, cands, model, features, ratio, threshold, covisibility, min_inliers, seed,
-                       rerank_keep, device=device, min_coverage=min_coverage, rerank_points=rerank_points,
-                       rerank_pnp=rerank_pnp, rerank_agree=rerank_agree, rerank_fallback=rerank_fallback,
-                       max_rival_ratio=max_rival_ratio, rival_radius=rival_radius)
+    model, features, opts = state
+    q, camera, cands = job
+    r = localize_query(q, camera, cands, model, features, opts)
     row = {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
     if r.estimate is not None:  # a rejected pose: qvec / tvec are the stand-in's
         row.update(estimate={"qvec": r.estimate.qvec.tolist(), "tvec": r.estimate.t.tolist()})
@@ -276,19 +272,22 @@ def _log_lines(path: Path) -> int:
         return -1
 
 
-def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, cands: dict, keys: dict, model,
-              rerank: int, rerank_keep: int) -> None:
+def options(cfg) -> LocalizeOptions:
+    """The step's settings as the localization options (re-ranking only where rerank_of says so)."""
+    rerank, keep = rerank_of(cfg)
+    return LocalizeOptions.of(cfg, rerank_keep=keep, rerank_points=bool(rerank and cfg.rerank_points),
+                              rerank_pnp=cfg.rerank_pnp if rerank else 0)
+
+
+def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, cands: dict, keys: dict,
+              model) -> None:
     """Rewrite the log with the rows kept (no torn, stale or dropped row survives), then localize
     `todo`, appending a row per query as it finishes (so an interrupted run resumes); fills `done`."""
     with open(log_path, "w") as logf:
         logf.writelines(json.dumps(r) + "\n" for r in done.values())
         logf.flush()
-        jobs = [(q, queries[q].camera, cands[q],
-                 ransac_threshold(queries[q].camera, cfg.ransac_max_error, cfg.ransac_ref_size)) for q in todo]
-        opts = (cfg.ratio, cfg.covisibility, cfg.min_inliers, cfg.seed, rerank_keep, cfg.device, cfg.min_coverage,
-                bool(rerank and cfg.rerank_points), cfg.rerank_pnp if rerank else 0, cfg.rerank_agree,
-                cfg.rerank_fallback, cfg.max_rival_ratio, cfg.rival_radius)
-        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, opts))
+        jobs = [(q, queries[q].camera, cands[q]) for q in todo]
+        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, options(cfg)))
         for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
             row = {**r, "condition": queries[q].condition, "key": keys[q],
                    # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
@@ -355,7 +354,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     done = {q: r for q, r in done.items() if q in queries and q not in stale}
     todo = [q for q in sorted(queries) if q not in done]
     if todo or stale or dropped or _log_lines(log_path) != len(done):
-        _localize(run, cfg, log_path, done, todo, queries, cands, keys, model, rerank, rerank_keep)
+        _localize(run, cfg, log_path, done, todo, queries, cands, keys, model)
     # else every row is current: the log is left as it is (an up-to-date run writes nothing)
     region = map_region(model)
     written = {q: written_pose(r, cfg.unverified_pose, region) for q, r in sorted(done.items())}
