@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
+STUDY_RESULTS = ROOT / "studies" / "results"  # the one-off investigations' (studies/) records
 
 
 def parser(doc: str | None, stem: str, threads: bool = True) -> argparse.ArgumentParser:
@@ -31,12 +32,12 @@ def parser(doc: str | None, stem: str, threads: bool = True) -> argparse.Argumen
     return p
 
 
-def run_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A benchmark on one pipeline run: the run arguments every step takes, plus --results."""
+def run_parser(doc: str | None, results: Path = RESULTS) -> argparse.ArgumentParser:
+    """A benchmark (or study) on one pipeline run: the run arguments every step takes, plus --results."""
     from mmcrossvit import cli
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_run_args(p)
-    p.add_argument("--results", type=Path, default=RESULTS, help="where the table goes")
+    p.add_argument("--results", type=Path, default=results, help=f"where the table goes (default: {results})")
     return p
 
 

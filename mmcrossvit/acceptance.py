@@ -1,6 +1,6 @@
 """What decides whether a localized pose is trusted, beyond its inlier count: the image area its
 inliers cover, how well they constrain it, and the place ratio test against candidates placed
-elsewhere (localize.py --min-inlier-coverage / --max-rival-ratio; benchmarks/acceptance_signals.py)."""
+elsewhere (localize.py --min-inlier-coverage / --max-rival-ratio; studies/acceptance_signals.py)."""
 from __future__ import annotations
 
 import numpy as np

@@ -128,7 +128,7 @@ def project(camera: CameraSpec, Xc: np.ndarray, margin: float = 0.0, lens_branch
     behind the camera, outside the image grown by `margin` pixels, or on the far branch of the lens
     model: a radial term k < 0 folds points far off the axis back into the image (r(1 + k r^2)
     turns down beyond r^2 = -1/(3k)), and their pixels do not undistort to their own rays.
-    lens_branch=False skips that last check (the definition before it, for benchmarks/visible_points.py)."""
+    lens_branch=False skips that last check (the definition before it, for studies/visible_points.py)."""
     Xc = np.asarray(Xc, np.float64).reshape(-1, 3)
     out = np.full((len(Xc), 2), np.nan)
     idx = np.flatnonzero(Xc[:, 2] > 1e-6)  # img_from_cam gives NaN behind; don't rely on it

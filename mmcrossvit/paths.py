@@ -198,7 +198,7 @@ class RunLayout:
     def oracle_results(self) -> Path:
         return self.results_file(ORACLE_TAG)
 
-    # ---- why localization failed (benchmarks/diagnose_localization.py) ---------------------
+    # ---- why localization failed (studies/diagnose_localization.py) ---------------------
     def diagnosis_dir(self, tag: str = "") -> Path:
         return self.localization_dir(tag) / "diagnosis"
 

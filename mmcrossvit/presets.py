@@ -47,7 +47,7 @@ _PAPER = {
     # oracle_num_retrieved: candidates per query of the ground-truth retrieval (the ceiling), as
     # many as the student retrieves
     "localize": dict(num_retrieved=None, oracle_num_retrieved=100, covisibility=False, ratio=0.8,
-                     # re-ranking by local verification (benchmarks/rerank.py): off, as in the paper; with
+                     # re-ranking by local verification (studies/rerank.py): off, as in the paper; with
                      # --rerank N, the rerank_keep of the first N candidates with the most 2D-3D matches
                      rerank=0, rerank_keep=100,
                      # verification scores from matches to each candidate's 3D points alone: on the demo
@@ -60,7 +60,7 @@ _PAPER = {
                      # 4 -> 1, 0.90 -> 0.70 s per query (fewer images matched in full; README, re-ranking)
                      rerank_pnp=30, rerank_agree=5.0, rerank_fallback="best",
                      # 12 px at Aachen's 1600-px queries (hloc's), in proportion for smaller images
-                     # (benchmarks/sfm_levers.py: night +2 to +4 of 50 queries on the demo, day unchanged)
+                     # (studies/sfm_levers.py: night +2 to +4 of 50 queries on the demo, day unchanged)
                      ransac_max_error=12.0, ransac_ref_size=1600, min_inliers=12,
                      # off as in the paper (the demo's is 0.02; on an earlier demo map 0.02 lost a correct
                      # oracle pose)
@@ -99,12 +99,12 @@ PRESETS: dict[str, dict] = {
                       blocks_y=4, block_size=30.0, num_styles=7, facade_ppm=32.0, ground_ppm=16.0,
                       detail_ppm=96.0, detail_tile=2048, workers=2, night_db=True, night_db_scale=0.375),
         # known poses and epipolar-verified matches: pairs with few matches and two-view tracks still
-        # give correct points (benchmarks/sfm_levers.py: 2.2x the observations, oracle day 60 -> 74%)
+        # give correct points (studies/sfm_levers.py: 2.2x the observations, oracle day 60 -> 74%)
         # COLMAP's SIFT defaults (first octave -1), as the paper preset: the oracle day 74 -> 82%, night
-        # 52 -> 68% against first octave 0 with a low peak threshold (benchmarks/results/sfm_levers.md),
+        # 52 -> 68% against first octave 0 with a low peak threshold (studies/results/sfm_levers.md),
         # for ~130 s more preprocessing
         # affine-adapted SIFT regions: the oracle day 82 -> 88%, night 68 -> 76% for ~45 s more
-        # preprocessing (benchmarks/results/sfm_levers_affine.md; DSP-SIFT measured no better and 2x slower)
+        # preprocessing (studies/results/sfm_levers_affine.md; DSP-SIFT measured no better and 2x slower)
         preprocess=dict(max_image_size=1024, min_pair_matches=5, two_view_tracks=True, affine_shape=True),
         tokens=dict(grid=7),
         # 10 epochs (held-out R@1 0.85, as the CrossViT teacher's);
@@ -124,10 +124,10 @@ PRESETS: dict[str, dict] = {
                      jitter=0.2, val_every=4, sigma="auto", regression=1.0, crop_scale=0.6, portrait_prob=0.25,
                      roll=5.0, threads=2),
         pairs=dict(num_retrieved=20),
-        # benchmarks/rerank.py (first-octave-0 map): verifying the student's top 100 and keeping the best
+        # studies/rerank.py (first-octave-0 map): verifying the student's top 100 and keeping the best
         # 20 lifted (0.25 m, 2°) from day 42% / night 18% (top 20) to 74% / 38%; on the current map it
         # gives 82% / 48% at 0.86 s per query (README); the paper preset keeps the paper's top-K
-        # the inlier-coverage rule at 0.02 (benchmarks/results/inlier_coverage*.md, with PnP verification):
+        # the inlier-coverage rule at 0.02 (studies/results/inlier_coverage*.md, with PnP verification):
         # on the demo it rejects all 5 wrong student poses and loses one pose within 5 m (none within
         # 0.25 m), on the seed-1 scene it loses none (and misses its one wrong pose); the oracle loses none
         # when no candidate verifies on its own (12 inliers), pool the best 20 by score instead of the best

@@ -1,7 +1,16 @@
 """Shared pytest fixtures (keep this file small; expensive fixtures are session-scoped)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# the studies' scripts and their diagnosis module, and the benchmarks' shared report.py, as they run
+for _d in ("studies", "benchmarks"):
+    _p = str(Path(__file__).resolve().parents[1] / _d)
+    if _p not in sys.path:
+        sys.path.append(_p)
 
 TINY_RUN_PRESET = "paper"  # the SfM settings of the `tiny_run` fixture (its tokens: the tiny preset's)
 

@@ -1,4 +1,4 @@
-"""The statistics benchmarks/acceptance_signals.py weighs accepted poses by: the pose's
+"""The statistics studies/acceptance_signals.py weighs accepted poses by: the pose's
 uncertainty from its inliers, the separation of wrong from right poses, and the replay."""
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from mmcrossvit import cli
 from mmcrossvit.acceptance import pose_uncertainty
 from mmcrossvit.colmap_io import CameraSpec
-from mmcrossvit.diagnosis import localization_settings
+from diagnosis import localization_settings
 from mmcrossvit.errors import DataError
 from mmcrossvit.geometry import Pose
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel
 from mmcrossvit.steps import execute, localize
 
-BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks")
+BENCH = str(Path(__file__).resolve().parents[1] / "studies")
 CAM = CameraSpec("PINHOLE", 640, 480, (500.0, 500.0, 320.0, 240.0))
 
 

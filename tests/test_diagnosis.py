@@ -1,5 +1,5 @@
 """The localization diagnosis: GT-consistency, failure kinds, the re-run matching the run's log,
-and benchmarks/diagnose_localization.py end to end on the tiny synthetic town."""
+and studies/diagnose_localization.py end to end on the tiny synthetic town."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmcrossvit.colmap_io import CameraSpec
-from mmcrossvit.diagnosis import KINDS, SETTINGS, diagnose_query, failure_kind, gt_consistent, summarise
+from diagnosis import KINDS, SETTINGS, diagnose_query, failure_kind, gt_consistent, summarise
 from mmcrossvit.errors import DataError
 from mmcrossvit.evaluation import THRESHOLDS, gt_covisibility, visible_points
 from mmcrossvit.geometry import Pose, pose_error
@@ -19,7 +19,7 @@ from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import LocalizeOptions, SfMModel, estimate_pose, localize_query
 from mmcrossvit.storage import read_json
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "studies"
 TAG = "diag"
 CAMERA = CameraSpec("SIMPLE_RADIAL", 640, 480, (500.0, 320.0, 240.0, 0.05))
 
@@ -260,7 +260,7 @@ def test_script_names_what_is_missing(diag_run, tmp_path):
 
 
 def test_visible_points_benchmark_reports_each_definitions_own_counts(tiny_run, tmp_path):
-    """benchmarks/visible_points.py on the tiny run: each definition's visible pairs are its own, and
+    """studies/visible_points.py on the tiny run: each definition's visible pairs are its own, and
     the folded / hidden pairs account for the difference between them."""
     import importlib
     if str(BENCHMARKS) not in sys.path:

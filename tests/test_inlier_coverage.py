@@ -11,7 +11,7 @@ import pytest
 
 from mmcrossvit import cli
 from mmcrossvit.colmap_io import CameraSpec
-from mmcrossvit.diagnosis import localization_settings
+from diagnosis import localization_settings
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import SfMModel
 from mmcrossvit.acceptance import inlier_coverage
@@ -48,7 +48,7 @@ def test_the_rule_rejects_poses_below_the_coverage(tiny_run):
     assert localization_settings(run, "cov-all", "paper", None)[0]["min_coverage"] == 1.01
     assert localization_settings(run, "cov-off", "paper", None)[0]["min_coverage"] == 0.0
     # ...and the benchmark recovers the poses a run made with the rule on rejected
-    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    bench = str(Path(__file__).resolve().parents[1] / "studies")
     if bench not in sys.path:
         sys.path.insert(0, bench)
     from inlier_coverage import coverages

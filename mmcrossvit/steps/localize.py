@@ -105,12 +105,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers: not localized (the pose is unverified)")
     g.add_argument("--min-inlier-coverage", dest="min_coverage", type=float, default=S,
                    help="a pose whose inliers' convex hull covers less than this fraction of the image counts as "
-                        "a failure (0: off; benchmarks/results/inlier_coverage.md)")
+                        "a failure (0: off; studies/results/inlier_coverage.md)")
     g.add_argument("--max-rival-ratio", type=float, default=S,
                    help="the place ratio test: the candidates get a PnP of their own, and an accepted pose fails "
                         "when the best candidate placed over --rival-radius metres from it has at least this "
                         "fraction of the inliers of the best one placed near it (0: off; "
-                        "benchmarks/results/acceptance_signals*.md)")
+                        "studies/results/acceptance_signals*.md)")
     g.add_argument("--rival-radius", type=float, default=S,
                    help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
                         "test counts it as another place (used only with --max-rival-ratio)")

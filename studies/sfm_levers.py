@@ -1,13 +1,13 @@
 """The localization ceiling, lever by lever: for each variant of the SfM, SIFT and PnP settings,
 preprocessing and the oracle (ground-truth retrieval) localization, on a dataset with ground truth.
 
-    python benchmarks/sfm_levers.py --dataset datasets/demo --preset demo [--variants A B ...]
+    python studies/sfm_levers.py --dataset datasets/demo --preset demo [--variants A B ...]
 
 Each variant is the preset plus a few overrides (VARIANTS below), run under its own run name
 (outputs/<name>-lever-<key>/); variants with the same SIFT settings share one feature extraction.
 Reported per variant: the map (points, observations per image, track length, reprojection
 error), preprocessing time, and the oracle's accuracy by day and night with the queries accepted
-as localized but more than 5 m / 10° off ("wrong accepted"). Writes benchmarks/results/sfm_levers.{md,json}.
+as localized but more than 5 m / 10° off ("wrong accepted"). Writes studies/results/sfm_levers.{md,json}.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import shutil
 import time
 
 import numpy as np
-from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.evaluation import load_results, localization_table, wrong_accepted  # noqa: E402
@@ -50,7 +53,7 @@ VARIANTS = {
 
 
 def main(argv=None) -> dict:
-    p = run_parser(__doc__)
+    p = run_parser(__doc__, STUDY_RESULTS)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which variants to run (default: all): " + "; ".join(f"{k}: {v[0]}" for k, v in VARIANTS.items()))
     args = p.parse_args(argv)

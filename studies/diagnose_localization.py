@@ -1,11 +1,11 @@
 """Why each query's localization failed, on one localized run with ground truth.
 
-    python benchmarks/diagnose_localization.py --dataset datasets/demo --preset demo [--tag oracle] [--px 4]
+    python studies/diagnose_localization.py --dataset datasets/demo --preset demo [--tag oracle] [--px 4]
 
 Reads the localization log of the run (outputs/<name>/[<tag>/]localization_log.jsonl) and, for
 every query with a true pose (ground_truth/query_poses.txt), re-runs its localization with the
 settings the run recorded (outputs/<name>/settings/localize[_<tag>].json; the same seed gives the
-same result) and checks each stage against the truth (mmcrossvit/diagnosis.py): matches, 2D-3D
+same result) and checks each stage against the truth (studies/diagnosis.py): matches, 2D-3D
 correspondences, GT-consistent ones, RANSAC inliers, GT-consistent inliers, covisible retrieved
 images and the viewpoint change. Each query gets a failure kind:
 
@@ -27,11 +27,14 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 from tqdm import tqdm
 
 from mmcrossvit import cli, presets  # noqa: E402
-from mmcrossvit.diagnosis import (ALL, COARSEST, FINEST, KINDS, MIN_PNP, SETTINGS, diagnose_query,
+from diagnosis import (ALL, COARSEST, FINEST, KINDS, MIN_PNP, SETTINGS, diagnose_query,
                                   localization_settings,  # noqa: E402
                                   summarise)
 from mmcrossvit.errors import DataError  # noqa: E402
@@ -140,7 +143,7 @@ def write_csv(path, rows: list[dict]) -> None:
 
 
 def main(argv=None) -> dict:
-    p = run_parser(__doc__)
+    p = run_parser(__doc__, STUDY_RESULTS)
     p.add_argument("--tag", default="", help="the localization to diagnose: outputs/<name>/<tag>/ "
                    "(e.g. 'oracle'; default: the run's own, with the student's retrieval)")
     p.add_argument("--px", type=float, default=4.0,

@@ -1,6 +1,6 @@
 """The inlier-coverage rule (localize.py --min-inlier-coverage) measured on a run's own logs.
 
-    python benchmarks/inlier_coverage.py --dataset datasets/demo --preset demo [--thresholds 0 0.02 0.05 0.1]
+    python studies/inlier_coverage.py --dataset datasets/demo --preset demo [--thresholds 0 0.02 0.05 0.1]
 
 For every query a localization log (student retrieval and, if present, the oracle's) counted as
 localized (or, in a run made with the rule or the place ratio test on, rejected by one of them), the
@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit.acceptance import inlier_coverage  # noqa: E402
-from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
+from diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, localization_table, pose_error  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
@@ -69,7 +71,7 @@ def at_threshold(rows: list[dict], t: float, model: SfMModel, ds: Dataset) -> di
 
 
 def main(argv=None):
-    p = run_parser(__doc__)
+    p = run_parser(__doc__, STUDY_RESULTS)
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1])
     args = p.parse_args(argv)
     run, ds, model, seed = open_replay(args)

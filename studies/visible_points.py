@@ -2,7 +2,7 @@
 (`evaluation.project`: a point the lens folds back into the image does not count) against the
 lens-blind one before it.
 
-    python benchmarks/visible_points.py --dataset datasets/demo --preset demo
+    python studies/visible_points.py --dataset datasets/demo --preset demo
 
 A radial k < 0 folds points far off the axis back into the image, mirrored; the lens-blind
 definition counted them visible, and, being near the camera, they hid real points behind them in
@@ -19,7 +19,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from report import finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 from tqdm import tqdm
 
 from mmcrossvit import presets  # noqa: E402
@@ -37,7 +40,7 @@ KS = (1, 5, 20)
 
 
 def main(argv=None) -> dict:
-    p = run_parser(__doc__)
+    p = run_parser(__doc__, STUDY_RESULTS)
     p.add_argument("--k", type=int, default=None, help="oracle candidates per query (default: the preset's)")
     p.add_argument("--min-shared", type=int, default=None,
                    help="shared points that make a positive (default: the spatial database's)")
@@ -82,7 +85,7 @@ def main(argv=None) -> dict:
 
     rows = [[lab, f"{result['visible_pairs'][lab]:,}", f"{result['ms_per_query'][lab]:.1f}"] for lab in DEFINITIONS]
     md = [f"Visible points on `{run.name}` ({len(queries)} queries with a true pose, {len(model.xyz):,} 3D points), "
-          f"lens-aware against lens-blind. Command: `python benchmarks/visible_points.py --dataset {args.dataset} "
+          f"lens-aware against lens-blind. Command: `python studies/visible_points.py --dataset {args.dataset} "
           f"--preset {args.preset}{f' --name {run.name}' if args.name else ''}`", "",
           markdown_table(["definition", "(query, point) pairs visible", "ms per query"], rows), "",
           f"- folded points the lens-blind definition counted visible: {sum(folded):,} (query, point) pairs, "

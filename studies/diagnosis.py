@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .colmap_io import CameraSpec
-from .errors import DataError
-from .evaluation import THRESHOLDS, project, visible_points
-from .features import read_features
-from .geometry import Pose, pose_error
-from .localization import LocalizeOptions, SfMModel, correspondences, localize_query
+from mmcrossvit.colmap_io import CameraSpec
+from mmcrossvit.errors import DataError
+from mmcrossvit.evaluation import THRESHOLDS, project, visible_points
+from mmcrossvit.features import read_features
+from mmcrossvit.geometry import Pose, pose_error
+from mmcrossvit.localization import LocalizeOptions, SfMModel, correspondences, localize_query
 
 FINEST, COARSEST = THRESHOLDS[0], THRESHOLDS[-1]
 KINDS = ("localized", "inaccurate", "wrong pose accepted", "retrieval miss", "no correspondences", "few inliers",
@@ -87,9 +87,9 @@ def localization_settings(run, tag: str, preset: str, seed: int | None) -> tuple
     """The settings (SETTINGS and OPTIONAL) the tagged localization of `run` ran with, and where they came from:
     its recorded settings file, else the preset's (with `seed` if given), with a warning."""
     import argparse
-    from . import presets
-    from .steps import localize
-    from .storage import read_json
+    from mmcrossvit import presets
+    from mmcrossvit.steps import localize
+    from mmcrossvit.storage import read_json
     path = run.settings(localize.record_name(argparse.Namespace(tag=tag, retrieval=None)))
     if path.exists():
         recorded = read_json(path).get("settings", {})

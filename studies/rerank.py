@@ -1,6 +1,6 @@
 """Re-ranking by local verification against a weak retrieval descriptor, on one run with ground truth.
 
-    python benchmarks/rerank.py --dataset datasets/demo --preset demo [--depths 50 100] [--keep 20]
+    python studies/rerank.py --dataset datasets/demo --preset demo [--depths 50 100] [--keep 20]
 
 Localizes the run's queries from the student's retrieval four ways, each under its own tag
 (outputs/<name>/rerank-top/, rerank-covis/, rerank-pool<N>/, rerank-<N>/, rerank-count<N>/):
@@ -33,7 +33,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from report import finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, machine_info, markdown_table, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit import cli  # noqa: E402
 from mmcrossvit.colmap_io import read_pairs, write_pairs  # noqa: E402
@@ -79,7 +82,7 @@ def deep_pairs(run: RunLayout, top: dict[str, list[str]]) -> tuple[str, int]:
 
 
 def main(argv=None) -> dict:
-    p = run_parser(__doc__)
+    p = run_parser(__doc__, STUDY_RESULTS)
     p.add_argument("--depths", type=int, nargs="+", default=[50, 100],
                    help="candidates re-ranked (--rerank), one variant each (default: 50 100)")
     p.add_argument("--keep", type=int, default=None,

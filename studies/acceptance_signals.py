@@ -1,6 +1,6 @@
 """Which statistic of an accepted pose tells a wrong pose from a right one, on a run's own logs.
 
-    python benchmarks/acceptance_signals.py --dataset datasets/demo --preset demo
+    python studies/acceptance_signals.py --dataset datasets/demo --preset demo
 
 Every query a localization log (student retrieval and, if present, the oracle's) accepted, or
 rejected by an acceptance rule alone, is localized again from the same retrieved images
@@ -32,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from report import finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, machine_info, markdown_table, open_replay, replay_command, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit.acceptance import inlier_coverage, pose_uncertainty, rival_ratio, rival_ratio_at  # noqa: E402
-from mmcrossvit.diagnosis import localization_logs, replay_accepted  # noqa: E402
+from diagnosis import localization_logs, replay_accepted  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, pose_error  # noqa: E402
 from mmcrossvit.features import FeatureStore, read_features  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
@@ -132,7 +134,7 @@ def _fmt(v) -> str:
 
 
 def main(argv=None):
-    ap = run_parser(__doc__)
+    ap = run_parser(__doc__, STUDY_RESULTS)
     ap.add_argument("--rival-radii", type=float, nargs="+", default=[5.0, 10.0, 20.0, 30.0, 50.0],
                     help="place ratio test radii (metres) of the grid")
     ap.add_argument("--rival-ratios", type=float, nargs="+", default=[0.5, 0.625, 0.75, 0.9],

@@ -1,17 +1,20 @@
 """How much of the trained teacher's retrieval comes from its 3D spatial tokens?
 
-    python benchmarks/token_reliance.py --dataset datasets/demo
+    python studies/token_reliance.py --dataset datasets/demo
 
 Embeds the database with the trained teacher (outputs/<name>/teacher/best.pt) three ways and reports
 held-out-fold Recall@K (as in training's validation): real tokens; tokens zeroed and every patch
 marked as having no 3D point (the image branch alone carries the descriptor); real patch tokens
 with the camera token zeroed (does the camera pose give the place away?).
-Writes benchmarks/results/token_reliance.{md,json}.
+Writes studies/results/token_reliance.{md,json}.
 """
 from __future__ import annotations
 
 import torch
-from report import finish, run_parser  # noqa: E402  (puts the repository on sys.path)
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # report.py, shared with the benchmarks
+from report import STUDY_RESULTS, finish, run_parser  # noqa: E402  (puts the repository on sys.path)
 
 from mmcrossvit import presets  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
@@ -23,7 +26,7 @@ from mmcrossvit.train.validation import retrieval  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    args = run_parser(__doc__).parse_args(argv)
+    args = run_parser(__doc__, STUDY_RESULTS).parse_args(argv)
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     val_fold = presets.step_settings(args.preset, "teacher")["val_fold"]  # the teacher's held-out fold
     torch.manual_seed(0)
