@@ -124,8 +124,8 @@ def main(argv=None) -> Path:
             body = f.read_text().strip()
             if body.startswith("# "):
                 body = body.split("\n", 1)[1].strip()
-            # a figure the file names beside itself (e.g. cost_curve.png): as seen from the page
-            body = re.sub(r"\]\(([^/()]+\.png)\)", r"](benchmarks/results/\1)", body)
+            # a figure or table the file names beside itself (e.g. cost_curve.png): as seen from the page
+            body = re.sub(r"\]\(([^/():]+\.(?:png|md|json))\)", r"](benchmarks/results/\1)", body)
             md += [f"## {title}", "", f"`{cmd}`", "", body, ""]
     write_text(args.page, "\n".join(md) + "\n")
     print(f"-> {args.page}")
