@@ -24,9 +24,7 @@ _PAPER = {
                        contrast="none", affine_shape=False, domain_size_pooling=False, min_pair_matches=15,
                        two_view_tracks=False, min_tri_angle=1.5,
                        mapper="triangulation", min_shared=8, z_thresh=3.0, folds=5,
-                       # processes (0: one per CPU core); outputs do not depend on them. Extraction gains
-                       # from them; matching does not (its torch threads already use every core:
-                       # benchmarks/results/workers.md, 2 and 16 cores)
+                       # extraction gains from processes (0: one per core), matching not (docs/performance.md)
                        workers=0, match_workers=1, device="auto"),
     "tokens": dict(mode="sfm", grid=14, dim=192, ray_depth=None, pos_ratio=1024.0, rot_ratio=8.0),
     # backbone crossvit: CrossViT-tiny, as the paper (which starts it from ImageNet: --pretrained / --init-from)
@@ -44,34 +42,18 @@ _PAPER = {
                     portrait_prob=0.0, roll=0.0, val_every=10, eval_batch_size=64, sigma=1.0, delta=1.0,
                     regression=0.0, threads=1),
     "pairs": dict(num_retrieved=100, num_db_neighbours=200, batch_size=16, index="auto", nprobe=16, ef_search=128),
-    # oracle_num_retrieved: candidates per query of the ground-truth retrieval (the ceiling), as
-    # many as the student retrieves
+    # what each localization setting does: docs/localization.md; why the demo's differ: docs/demo.md
     "localize": dict(num_retrieved=None, oracle_num_retrieved=100, covisibility=False, ratio=0.8,
-                     # re-ranking by local verification (studies/rerank.py): off, as in the paper; with
-                     # --rerank N, the rerank_keep of the first N candidates with the most 2D-3D matches
-                     rerank=0, rerank_keep=100,
-                     # verification scores from matches to each candidate's 3D points alone: on the demo
-                     # (seed 0 / seed 1) night 38 -> 48% / 46 -> 44%, day 82 -> 82% / 90 -> 88% at
-                     # (0.25 m, 2°), 1.47 -> 0.83 s per query
-                     rerank_points=True,
-                     # PnP verification of the best 30 candidates, pooling those whose pose agrees (within
-                     # 5 m) with the best-verified one's: on the demo (seed 0 / seed 1) day 82 -> 86% /
-                     # 88 -> 90%, night 48 -> 54% / 44 -> 46% at (0.25 m, 2°), wrong poses accepted 8 -> 5 /
-                     # 4 -> 1, 0.90 -> 0.70 s per query (fewer images matched in full; README, re-ranking)
-                     rerank_pnp=30, rerank_agree=5.0, rerank_fallback="best",
-                     # 12 px at Aachen's 1600-px queries (hloc's), in proportion for smaller images
-                     # (studies/sfm_levers.py: night +2 to +4 of 50 queries on the demo, day unchanged)
+                     # re-ranking off, as in the paper; when on, scored on 3D points and PnP-verified (cheaper, fewer wrong)
+                     rerank=0, rerank_keep=100, rerank_points=True, rerank_pnp=30, rerank_agree=5.0,
+                     rerank_fallback="best",
+                     # hloc's 12 px at Aachen's 1600-px queries, in proportion for smaller ones
                      ransac_max_error=12.0, ransac_ref_size=1600, min_inliers=12,
-                     # off as in the paper (the demo's is 0.02; on an earlier demo map 0.02 lost a correct
-                     # oracle pose)
-                     min_coverage=0.0,
-                     # the place ratio test, off as in the paper (localize.py --max-rival-ratio); a rival is a
-                     # candidate whose own pose lies over rival_radius metres away
-                     max_rival_ratio=0.0, rival_radius=5.0,
-                     # a pose a rule rejects still goes to the results file (as hloc writes every pose RANSAC
-                     # finds): the rules decide what counts as localized, not what the benchmark scores
+                     # the extra rules off, as in the paper
+                     min_coverage=0.0, max_rival_ratio=0.0, rival_radius=5.0,
+                     # a rejected pose is still written, as hloc writes every pose RANSAC finds
                      unverified_pose="estimate",
-                     # one process: more were measured slower on 2 and on 16 cores (benchmarks/results/workers.md)
+                     # one process: more were measured slower on 2 and on 16 cores (docs/performance.md)
                      workers=1, device="auto"),
     "evaluate": dict(),
 }
@@ -91,53 +73,28 @@ _SCENE = dict(supersample=2, street_width=12.0, min_height=8.0, max_height=20.0,
 
 PRESETS: dict[str, dict] = {
     "paper": _PAPER,
-    # demo: 7 x 7 token grids (the paper's 14 x 14
-    # at half the image size; 14 x 14 makes each step ~3x slower); training in ~3 CPU minutes each
+    # demo: 7 x 7 token grids (14 x 14 makes each step ~3x slower); training in minutes on 2 cores
     "demo": _derive(
         _PAPER,
         generate=dict(_SCENE, num_db=300, num_day=50, num_night=50, width=640, height=480, blocks_x=4,
                       blocks_y=4, block_size=30.0, num_styles=7, facade_ppm=32.0, ground_ppm=16.0,
                       detail_ppm=96.0, detail_tile=2048, workers=2, night_db=True, night_db_scale=0.375),
-        # known poses and epipolar-verified matches: pairs with few matches and two-view tracks still
-        # give correct points (studies/sfm_levers.py: 2.2x the observations, oracle day 60 -> 74%)
-        # COLMAP's SIFT defaults (first octave -1), as the paper preset: the oracle day 74 -> 82%, night
-        # 52 -> 68% against first octave 0 with a low peak threshold (studies/results/sfm_levers.md),
-        # for ~130 s more preprocessing
-        # affine-adapted SIFT regions: the oracle day 82 -> 88%, night 68 -> 76% for ~45 s more
-        # preprocessing (studies/results/sfm_levers_affine.md; DSP-SIFT measured no better and 2x slower)
+        # denser triangulation and affine-adapted SIFT: the measured levers on the oracle (docs/studies.md)
         preprocess=dict(max_image_size=1024, min_pair_matches=5, two_view_tracks=True, affine_shape=True),
         tokens=dict(grid=7),
-        # 10 epochs (held-out R@1 0.85, as the CrossViT teacher's);
-        # lite0: the ImageNet encoder as the image branch (its stride-16 map: 7 x 7 tokens at 112 px, the
-        # token grid's), stages 0-3 kept (docs/descriptor.md)
+        # the ImageNet encoder as the image branch, stages 0-3 kept (docs/descriptor.md)
         teacher=dict(backbone="lite0", freeze=4, img_size=112, epochs=10, batch_size=16, optimizer="adamw", lr=3e-4, weight_decay=0.05,
                      schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.01, grad_clip=1.0, hflip=0.5,
                      jitter=0.2, val_every=5, refresh_every=3,
-                     # both cores: 2 demo epochs take 17.6 s of training instead of 28.1 s on the idle
-                     # 2-core machine (the numbers then hold for 2 threads, on any machine)
+                     # both cores, fixed: the float results depend on the thread count
                      threads=2),
-        # the recipe measured best for the CrossViT student (regression, calibrated kernel, crops / portrait
-        # views / roll: benchmarks/results/student_retrieval.md), kept for the
-        # lite0 under GeM at 256 px, stages 0-4 kept: query R@1 and R@20 over three seeds in docs/descriptor.md
+        # the encoder under GeM at 256 px, stages 0-4 kept, with the recipe measured best (docs/descriptor.md)
         student=dict(backbone="lite0", freeze=5, img_size=256, epochs=12, batch_size=32, optimizer="adamw", lr=2e-4, weight_decay=0.05,
                      schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.01, grad_clip=1.0, hflip=0.5,
                      jitter=0.2, val_every=4, sigma="auto", regression=1.0, crop_scale=0.6, portrait_prob=0.25,
                      roll=5.0, threads=2),
         pairs=dict(num_retrieved=20),
-        # studies/rerank.py (first-octave-0 map): verifying the student's top 100 and keeping the best
-        # 20 lifted (0.25 m, 2°) from day 42% / night 18% (top 20) to 74% / 38%; on the current map it
-        # gives 82% / 48% at 0.86 s per query (README); the paper preset keeps the paper's top-K
-        # the inlier-coverage rule at 0.02 (studies/results/inlier_coverage*.md, with PnP verification):
-        # on the demo it rejects all 5 wrong student poses and loses one pose within 5 m (none within
-        # 0.25 m), on the seed-1 scene it loses none (and misses its one wrong pose); the oracle loses none
-        # when no candidate verifies on its own (12 inliers), pool the best 20 by score instead of the best
-        # one alone: night 46 -> 52% (seed 0) / 70 -> 74% (seed 1) at (0.25 m, 2°), day 88 -> 86% / 94 -> 94%,
-        # wrong poses accepted 1 -> 2 / 1 -> 1 (README, re-ranking)
-        # the place ratio test at (5 m, 0.5): the one cell of its grid (benchmarks/results/
-        # acceptance_signals_demo*.md) that rejects every wrong pose on both demo scenes; the correct poses
-        # it rejects too (up to 1 day and 7 night per run) stay in the results file as unverified
-        # estimates (unverified_pose), so it costs the benchmark nothing; on a third scene held out from
-        # the choice (seed 2) it rejected all 3 wrong poses the other rules let through (README, acceptance)
+        # verify the top 100 before PnP, and the two rules that kept wrong poses from counting (docs/demo.md)
         localize=dict(oracle_num_retrieved=20, rerank=100, rerank_keep=20, min_coverage=0.02, rerank_fallback="scores",
                       max_rival_ratio=0.5),
     ),
