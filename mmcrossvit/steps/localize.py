@@ -67,13 +67,9 @@ LOG_FORMAT = 2
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("localization")
+    g = p.add_argument_group("localization: what a user tunes (docs/localization.md)")
     g.add_argument("--num-retrieved", type=int, default=S,
                    help="use only the first K candidates of the pairs file per query (None: all)")
-    g.add_argument("--oracle-num-retrieved", type=int, default=S,
-                   help="candidates per query with --retrieval oracle")
-    g.add_argument("--covisibility", action="store_true", default=S,
-                   help="cluster candidates by covisibility (hloc's option)")
     g.add_argument("--rerank", type=int, default=S,
                    help="re-rank the first N candidates of the pairs file by their number of distinct 2D-3D "
                         "correspondences and localize with the best --rerank-keep (0: off, the paper's "
@@ -81,6 +77,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "(pairs-query-ranked.txt); --retrieval pairs only")
     g.add_argument("--rerank-keep", type=int, default=S,
                    help="candidates kept after re-ranking (<= --rerank; used only with --rerank)")
+    g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers: not localized (the pose is unverified)")
+    g.add_argument("--min-inlier-coverage", dest="min_coverage", type=float, default=S,
+                   help="a pose whose inliers' convex hull covers less than this fraction of the image counts as "
+                        "a failure (0: off; studies/results/inlier_coverage.md)")
+    g.add_argument("--max-rival-ratio", type=float, default=S,
+                   help="the place ratio test: the candidates get a PnP of their own, and an accepted pose fails "
+                        "when the best candidate placed over --rival-radius metres from it has at least this "
+                        "fraction of the inliers of the best one placed near it (0: off; "
+                        "studies/results/acceptance_signals*.md)")
+    g.add_argument("--rival-radius", type=float, default=S,
+                   help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
+                        "test counts it as another place (used only with --max-rival-ratio)")
+    g.add_argument("--unverified-pose", choices=UNVERIFIED_POSES, default=S,
+                   help="what the results file holds for a query whose PnP pose a rule rejected: the estimate "
+                        "(as hloc, which writes every pose RANSAC finds; the rules then only decide what counts "
+                        "as localized) or the top retrieved image's pose (fallback); the log keeps both")
+    g = p.add_argument_group("localization: held by the presets (the measurements behind them: docs/)")
+    g.add_argument("--oracle-num-retrieved", type=int, default=S,
+                   help="candidates per query with --retrieval oracle")
+    g.add_argument("--covisibility", action="store_true", default=S,
+                   help="cluster candidates by covisibility (hloc's option)")
     g.add_argument("--rerank-points", action=argparse.BooleanOptionalAction, default=S,
                    help="score each candidate by matching the query to its triangulated keypoints only (a few "
                         "times cheaper than matching every keypoint; the kept candidates are matched in full "
@@ -102,22 +119,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ransac-ref-size", type=float, default=S,
                    help="longer image side at which --ransac-max-error holds; the threshold scales with each "
                         "query's size (None: a fixed threshold)")
-    g.add_argument("--min-inliers", type=int, default=S, help="fewer PnP inliers: not localized (the pose is unverified)")
-    g.add_argument("--min-inlier-coverage", dest="min_coverage", type=float, default=S,
-                   help="a pose whose inliers' convex hull covers less than this fraction of the image counts as "
-                        "a failure (0: off; studies/results/inlier_coverage.md)")
-    g.add_argument("--max-rival-ratio", type=float, default=S,
-                   help="the place ratio test: the candidates get a PnP of their own, and an accepted pose fails "
-                        "when the best candidate placed over --rival-radius metres from it has at least this "
-                        "fraction of the inliers of the best one placed near it (0: off; "
-                        "studies/results/acceptance_signals*.md)")
-    g.add_argument("--rival-radius", type=float, default=S,
-                   help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
-                        "test counts it as another place (used only with --max-rival-ratio)")
-    g.add_argument("--unverified-pose", choices=UNVERIFIED_POSES, default=S,
-                   help="what the results file holds for a query whose PnP pose a rule rejected: the estimate "
-                        "(as hloc, which writes every pose RANSAC finds; the rules then only decide what counts "
-                        "as localized) or the top retrieved image's pose (fallback); the log keeps both")
     g = p.add_argument_group("resources (the results do not depend on them)")
     g.add_argument("--workers", type=int, default=S, help="processes localizing queries (0: one per CPU core)")
     g.add_argument("--device", choices=CHOICES, default=S, help=HELP + "; used for descriptor matching")
