@@ -24,7 +24,7 @@ from baselines import (
 )
 from report import finish, machine_info, markdown_table, parser
 
-from models.crossvit import build_student
+from models.build import build_student
 
 # the paper's efficiency table (Kang et al., 2024): params in M, "FLOPs" in G, and its ratios
 PAPER = {"student": {"params_m": 6.9, "gflops": 1.6},

@@ -181,7 +181,7 @@ def case_training(args, arch: str, size: int) -> dict:
     import torch
 
     from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
-    from models.crossvit import build_student, build_teacher
+    from models.build import build_student, build_teacher
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     B = args.batch

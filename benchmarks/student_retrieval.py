@@ -90,7 +90,7 @@ def settings_for(variant: str, preset: str, seed: int, teacher_path: Path, out: 
 def untrained(preset: str, seed: int, out: Path, common: dict) -> Path:
     """The student network as initialised with `seed` (the lite0 backbone: its ImageNet encoder),
     saved for `measure`: what training adds."""
-    from models.crossvit import build_student
+    from models.build import build_student
     from mmcrossvit.storage import write_safetensors
     from mmcrossvit.train.optim import init_weights
     cfg = {**vars(cli.settings(student, preset)), **common}

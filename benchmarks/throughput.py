@@ -36,7 +36,7 @@ from peak_probe import apply_peak, combine_passes, matmul_probe, median_seconds
 from report import finish, machine_info, parser
 from throughput_report import page
 
-from models.crossvit import build_student
+from models.build import build_student
 
 # the student's inference variants and what each changes (student_variant builds them)
 VARIANTS = {

@@ -184,6 +184,10 @@ class RunLayout:
     def results_file(self, tag: str = "") -> Path:
         return self.localization_dir(tag) / RESULTS_NAME
 
+    def topdown(self, tag: str = "") -> Path:
+        """Where the queries were placed: a bird's-eye view of the map and the written poses."""
+        return self.localization_dir(tag) / "topdown.png"
+
     def localization_log(self, tag: str = "") -> Path:
         return self.localization_dir(tag) / "localization_log.jsonl"
 

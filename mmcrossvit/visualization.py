@@ -56,8 +56,10 @@ def plot_matches(image_dir: Path, features: Path, query: str, db_name: str, rati
 
 
 def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estimates: dict[str, Pose],
-                 points: np.ndarray | None = None, arrow: float = 3.0):
-    """Bird's-eye view (x, y): database cameras, ground-truth and estimated query poses."""
+                 points: np.ndarray | None = None, arrow: float = 3.0, verified: set[str] | None = None):
+    """Bird's-eye view (x, y): database cameras, ground-truth and estimated query poses; with
+    `verified`, the queries counted as localized in red and the others (unverified estimates and
+    stand-ins) in orange."""
     fig, ax = plt.subplots(figsize=(8, 8))
     if points is not None and len(points):
         sel = points[np.random.default_rng(0).permutation(len(points))[:20000]]
@@ -75,7 +77,11 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
 
     if truth:
         draw(truth, "tab:green", "query ground truth")
-    draw(estimates, "tab:red", "query estimate")
+    if verified is None:
+        draw(estimates, "tab:red", "query estimate")
+    else:
+        draw({q: p for q, p in estimates.items() if q in verified}, "tab:red", "query, localized")
+        draw({q: p for q, p in estimates.items() if q not in verified}, "tab:orange", "query, not verified")
     if truth:
         for q, e in estimates.items():
             if q in truth:

@@ -9,8 +9,8 @@ heads emit an `embed_dim` descriptor. `forward` returns the two branch heads ave
 * `Teacher`: branch 0 sees the image; branch 1 sees per-patch 3D spatial tokens instead of
   image patches (a G x G grid plus a camera token, encoded elsewhere).
 
-Every model carries `.config`, the keyword arguments that rebuild it (`build_model(**config)`),
-so a checkpoint can record its architecture. This module imports nothing from the project:
+Every model carries `.config`, the keyword arguments that rebuild it (`models/build.py:
+build_model(**config)`), so a checkpoint can record its architecture. This module imports nothing from the project:
 reading and writing weights is mmcrossvit/train/checkpoint.py's job (`load_model`, `load_init`,
 `load_pretrained_timm`), and bad shapes here raise ValueError.
 """
@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models.crossvit import CrossVit, scale_image
 
-__all__ = [
-    'Student', 'Teacher', 'SpatialTokenEmbed', 'build_student', 'build_teacher', 'build_model',
-]
+__all__ = ['Student', 'Teacher', 'SpatialTokenEmbed']
 
 # timm's crossvit_tiny_240, minus image size and classes
 TINY_ARGS = dict(
@@ -167,39 +165,3 @@ class Teacher(CrossVit):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor,
                 valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         return F.normalize(self.forward_head(self.forward_features(images, tokens, valid)), dim=-1)
-
-
-BACKBONES = ('crossvit', 'lite0')  # crossvit: from scratch, the paper's shape; lite0: models/encoder.py
-
-
-def _backbone(backbone: str) -> None:
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
-
-
-def build_student(img_size: int = 240, embed_dim: int = 1000, drop_path_rate: float = 0.0,
-                  backbone: str = 'crossvit', freeze: int = 4) -> nn.Module:
-    _backbone(backbone)
-    if backbone == 'lite0':
-        from .encoder import EncoderStudent
-        return EncoderStudent(img_size=img_size, embed_dim=embed_dim, freeze=freeze)
-    return Student(img_size=img_size, embed_dim=embed_dim, drop_path_rate=drop_path_rate)
-
-
-def build_teacher(img_size: int = 240, grid: int = 14, token_dim: int = 192, embed_dim: int = 1000,
-                  drop_path_rate: float = 0.0, backbone: str = 'crossvit', freeze: int = 4) -> nn.Module:
-    _backbone(backbone)
-    if backbone == 'lite0':
-        from .encoder import HybridTeacher
-        return HybridTeacher(img_size=img_size, grid=grid, token_dim=token_dim, embed_dim=embed_dim,
-                             freeze=freeze, drop_path_rate=drop_path_rate)
-    return Teacher(img_size=img_size, grid=grid, token_dim=token_dim, embed_dim=embed_dim,
-                   drop_path_rate=drop_path_rate)
-
-
-def build_model(arch: str, **kwargs) -> nn.Module:
-    """Rebuild a model from its `.config`: `build_model(**model.config)`."""
-    builders = {'student': build_student, 'teacher': build_teacher}
-    if arch not in builders:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(builders)}")
-    return builders[arch](**kwargs)

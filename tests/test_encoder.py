@@ -7,7 +7,7 @@ import torch
 
 from mmcrossvit.errors import DataError
 from mmcrossvit.train.checkpoint import imagenet_lite0_file, load_imagenet_encoder, load_model, positional_state
-from models.crossvit import build_model, build_student, build_teacher
+from models.build import build_model, build_student, build_teacher
 from models.encoder import lite0
 
 torch.set_num_threads(2)

@@ -39,6 +39,8 @@ def test_chain_writes_benchmark_results(chain):
     assert set(ev["localization"]) == {"student retrieval", "oracle retrieval"}
     assert ev["localization"]["student retrieval"]["all"]["n"] == len(queries)
     assert "queries" in ev["retrieval"]
+    for where in (out, out / "oracle"):  # where the queries were placed, beside each results file
+        assert (where / "topdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_skips_and_reproduces(chain):

@@ -82,21 +82,14 @@ def test_a_bad_query_camera_is_one_error_before_any_work(tiny_dataset, tmp_path,
     assert not (tmp_path / "outputs").exists()  # refused before anything was written
 
 
-def test_a_negative_focal_in_the_database_intrinsics_is_one_error(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("rel, field", [(DB_INTRINSICS, 4), (NVM, 1)])
+def test_a_negative_database_focal_is_one_error(tiny_dataset, tmp_path, rel, field):
+    """In the intrinsics list and in the NVM: the image lost all its 3D points before."""
     data = copy_dataset(tiny_dataset, tmp_path / "data")
-    name = Dataset(data).db_names[2]
-    line = edit_line(data / DB_INTRINSICS, name, _set(4, "-800"))
-    one_error_line(run_script("preprocessing.py", data, tmp_path), str(data / DB_INTRINSICS), f"line {line}",
+    line = edit_line(data / rel, Dataset(data).db_names[2], _set(field, "-800"))
+    one_error_line(run_script("preprocessing.py", data, tmp_path), str(data / rel), f"line {line}",
                    "focal length -800 must be positive")
     assert not (tmp_path / "outputs").exists()
-
-
-def test_a_negative_focal_in_the_nvm_is_one_error(tiny_dataset, tmp_path):
-    data = copy_dataset(tiny_dataset, tmp_path / "data")
-    name = Dataset(data).db_names[1]
-    line = edit_line(data / NVM, name, _set(1, "-700"))
-    one_error_line(run_script("preprocessing.py", data, tmp_path), str(data / NVM), f"line {line}",
-                   "focal length -700 must be positive")
 
 
 @pytest.mark.parametrize("fmt", ["txt", "bin"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
 from mmcrossvit.train.checkpoint import load_init, load_pretrained_timm
-from models.crossvit import build_model, build_student, build_teacher
+from models.build import build_model, build_student, build_teacher
 
 torch.set_num_threads(2)
 

@@ -113,7 +113,7 @@ def test_night_renderings_are_training_inputs(tmp_path, capsys):
 def test_init_from_a_saved_state_dict(tmp_path):
     """--init takes a safetensors state dict (as a timm model saved on a machine with internet
     would be) or a weights_only checkpoint; matching tensors start from it."""
-    from models.crossvit import build_student
+    from models.build import build_student
     r = make_run(tmp_path)
     src = build_student(img_size=120, embed_dim=32)
     with torch.no_grad():

@@ -166,7 +166,7 @@ def one_thread():
 
 def test_a_few_steps_reduce_both_losses(one_thread):
     from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
-    from models.crossvit import build_teacher
+    from models.build import build_teacher
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     teacher = build_teacher(48, grid=GRID, token_dim=TOK, embed_dim=32)

@@ -56,7 +56,7 @@ from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query
 from ..parallel import ordered_map, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
-from ..storage import read_jsonl, write_json
+from ..storage import atomic_path, read_jsonl, write_json
 
 log = logging.getLogger("localize")
 STEP = "localize"
@@ -266,6 +266,19 @@ def _read_log(path: Path) -> dict[str, dict]:
     return {r["query"]: r for r in read_jsonl(path) if "query" in r} if path.exists() else {}
 
 
+def _draw_topdown(path: Path, model: SfMModel, ds: Dataset, written: dict, localized: set) -> None:
+    """Where the queries were placed, beside the results: map points, database cameras, each
+    query's written pose (localized / not verified) and, with ground truth, its true pose."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ..visualization import plot_topdown
+    fig = plot_topdown(model.poses, ds.gt_poses, written, model.xyz, verified=localized)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _log_lines(path: Path) -> int:
     try:
         return len(path.read_text().splitlines())
@@ -354,13 +367,17 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         print(f"{'; '.join(parts)}: re-localizing {len(stale)} queries")
     done = {q: r for q, r in done.items() if q in queries and q not in stale}
     todo = [q for q in sorted(queries) if q not in done]
-    if todo or stale or dropped or _log_lines(log_path) != len(done):
+    changed = bool(todo or stale or dropped or _log_lines(log_path) != len(done))
+    if changed:
         _localize(run, cfg, log_path, done, todo, queries, cands, keys, model)
     # else every row is current: the log is left as it is (an up-to-date run writes nothing)
     region = map_region(model)
     written = {q: written_pose(r, cfg.unverified_pose, region) for q, r in sorted(done.items())}
     write_poses(results_path, {ds.results_name(q): pose for q, (pose, _) in written.items()})
     check_results_file(results_path, ds)  # the benchmark's format: every query once, basenames, unit quaternions
+    if changed or not run.topdown(tag).exists():
+        _draw_topdown(run.topdown(tag), model, ds, {q: pose for q, (pose, _) in written.items()},
+                      {q for q, r in done.items() if r["success"]})
     failed = sorted(q for q, r in done.items() if not r["success"])
     unverified = {rule: sorted(q for q in failed if done[q].get("rejected_by") == rule) for rule in REJECTIONS}
     fallback = {kind: sorted(q for q, (_, what) in written.items() if what == kind)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.crossvit import build_student
+from models.build import build_student
 
 from ..data import Geometry, hflip_tokens
 from ..errors import DataError

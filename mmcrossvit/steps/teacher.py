@@ -25,7 +25,7 @@ import argparse
 import numpy as np
 import torch
 
-from models.crossvit import build_student, build_teacher
+from models.build import build_student, build_teacher
 
 from ..data import Geometry, hflip_tokens
 from ..errors import DataError

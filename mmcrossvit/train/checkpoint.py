@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.crossvit import build_model
+from models.build import build_model
 
 from ..errors import DataError
 from ..storage import atomic_path, read_json

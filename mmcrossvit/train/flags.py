@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.build import BACKBONES
+
 S = argparse.SUPPRESS
 
 
@@ -26,7 +28,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision on CUDA (bf16, or fp16 with loss scaling); ignored on CPU")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=["crossvit", "lite0"], default=S,
+    g.add_argument("--backbone", choices=BACKBONES, default=S,
                    help="crossvit: CrossViT-tiny from scratch (the paper's shape); lite0: an ImageNet EfficientNet-Lite0 "
                         "encoder (installed with requirements.txt) under GeM (student) or as the teacher's image branch")
     g.add_argument("--freeze", type=int, default=S,
