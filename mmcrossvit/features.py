@@ -176,7 +176,7 @@ def _to_extract(path: Path, image_dir: Path, names: list[str], conf_json: str) -
 
 def _extract_into(work: Path, image_dir: Path, names: list[str], why: dict, conf_json: str, workers: int,
                   device: str, conf: SiftConfig) -> dict:
-    from .parallel import ordered_map
+    from .parallel import mapped
     from .storage import h5_file
     skipped = []
     with h5_file(work) as f:
@@ -187,24 +187,28 @@ def _extract_into(work: Path, image_dir: Path, names: list[str], why: dict, conf
         again = {r: c for r, c in counts.items() if r != "new"}
         if again:
             log.info("re-extracting features: %s", ", ".join(f"{r} for {c} images" for r, c in again.items()))
-        results = ordered_map(_extract_one, todo, workers, _extract_init, (Path(image_dir), conf, device)) \
-            if todo else iter(())
-        for name, (feats, err) in tqdm(zip(todo, results), total=len(todo), desc="SIFT", unit="img",
-                                       disable=not todo):
-            if err:
-                log.warning("skipping %s", DataError(Path(image_dir) / name, err))
-                skipped.append({"image": name, "reason": err})
-            if name in f:
-                del f[name]
-            g = f.create_group(name)
-            for k, v in feats.items():
-                g.create_dataset(k, data=v)
-            g.attrs["error"] = err
-            g.attrs["config"] = conf_json
-            g.attrs["image_stamp"] = why[name][1]
-            g.attrs["done"] = True
-            f.flush()
+        # zip takes `todo` first: with nothing to do, the workers' init never runs
+        with mapped(_extract_one, todo, workers, _extract_init, (Path(image_dir), conf, device)) as results:
+            _write_features(f, zip(todo, results), len(todo), image_dir, why, conf_json, skipped)
     return {"extracted": len(todo), "already_done": len(names) - len(todo), "skipped": skipped}
+
+
+def _write_features(f, results, n: int, image_dir: Path, why: dict, conf_json: str, skipped: list) -> None:
+    """Each image's features as a group of `f`, marked done once complete (flushed per image)."""
+    for name, (feats, err) in tqdm(results, total=n, desc="SIFT", unit="img", disable=not n):
+        if err:
+            log.warning("skipping %s", DataError(Path(image_dir) / name, err))
+            skipped.append({"image": name, "reason": err})
+        if name in f:
+            del f[name]
+        g = f.create_group(name)
+        for k, v in feats.items():
+            g.create_dataset(k, data=v)
+        g.attrs["error"] = err
+        g.attrs["config"] = conf_json
+        g.attrs["image_stamp"] = why[name][1]
+        g.attrs["done"] = True
+        f.flush()
 
 
 def failed_images(path: Path) -> dict[str, str]:

@@ -108,7 +108,9 @@ def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, in
                     results = pool.map(_run, [fn] * len(items), items, chunksize=chunksize)
                 yield from results
             except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
+                # wait for the items in progress (a queued one is cancelled): shutdown(wait=False) here
+                # would drop the pool's handle on its processes, and they would outlive the error
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
     finally:
         for k, v in saved.items():
@@ -116,6 +118,19 @@ def ordered_map(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, in
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def mapped(fn: Callable[[Any, Any], Any], items: Iterable, workers: int, init: Callable[..., Any],
+           initargs: tuple = (), chunksize: int = 1):
+    """`ordered_map` for a with-block: leaving the block, by an error too, stops the workers there
+    and then, so that the error is the last thing the command prints (a suspended generator would
+    otherwise keep them running until the interpreter exits)."""
+    gen = ordered_map(fn, items, workers, init, initargs, chunksize)
+    try:
+        yield gen
+    finally:
+        gen.close()
 
 
 def _noop_init():

@@ -207,11 +207,11 @@ def match_and_verify(db_path: Path, image_ids: dict[str, int], pairs: list[tuple
     matches consistent with the known poses (two-view geometries). `workers` processes match
     (0: one per core); this process writes, in pair order, so the db does not depend on it."""
     import pycolmap
-    from .parallel import ordered_map
+    from .parallel import mapped
     n_matches, n_inliers = [], []
     args = (Path(features), cameras, poses, ratio, max_error, device)
-    with pycolmap.Database.open(db_path) as db:
-        results = ordered_map(_match_pair, pairs, workers, _matcher_init, args, chunksize=32)
+    with pycolmap.Database.open(db_path) as db, \
+            mapped(_match_pair, pairs, workers, _matcher_init, args, chunksize=32) as results:
         for (a, b), (m, inl) in tqdm(zip(pairs, results), total=len(pairs), desc="match", unit="pair"):
             ia, ib = image_ids[a], image_ids[b]
             db.write_matches(ia, ib, m)

@@ -54,7 +54,7 @@ from ..features import FeatureStore, extract_features, feature_names, feature_st
 from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query
-from ..parallel import ordered_map, resolve_workers
+from ..parallel import mapped, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import atomic_path, read_jsonl, write_json
 
@@ -301,15 +301,15 @@ def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, c
         logf.writelines(json.dumps(r) + "\n" for r in done.values())
         logf.flush()
         jobs = [(q, queries[q].camera, cands[q]) for q in todo]
-        results = ordered_map(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, options(cfg)))
-        for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
-            row = {**r, "condition": queries[q].condition, "key": keys[q],
-                   # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
-                   # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
-                   "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
-            logf.write(json.dumps(row) + "\n")
-            logf.flush()
-            done[q] = row
+        with mapped(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, options(cfg))) as results:
+            for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
+                row = {**r, "condition": queries[q].condition, "key": keys[q],
+                       # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
+                       # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
+                       "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                done[q] = row
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
