@@ -7,6 +7,7 @@ NAME ?=
 PRESET ?= demo
 OUTPUTS ?= outputs
 DATABASE_ROOT ?= DataBase
+NOTEBOOK ?= 1
 
 .PHONY: demo pipeline test install clean-demo
 
@@ -23,10 +24,11 @@ demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --generate --dataset datasets/demo --preset demo --notebook
 
 # The same chain on any dataset in the documented layout (NAME: the dataset folder's name unless
-# given; OUTPUTS and DATABASE_ROOT: where the run's files go). Paths may hold spaces.
+# given; OUTPUTS and DATABASE_ROOT: where the run's files go; NOTEBOOK= skips the executed notebook).
+# Paths may hold spaces.
 pipeline: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset "$(DATASET)" $(if $(NAME),--name "$(NAME)") \
-		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" --notebook
+		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" $(if $(NOTEBOOK),--notebook)
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -75,7 +75,7 @@ def test_ctrl_c_in_the_teacher_then_the_same_make_command_gives_the_same_results
     shutil.copytree(chain[0], data)
     out = tmp_path / "my outputs"
     cmd = ["make", "-s", "-o", ".venv/.installed", "pipeline", f"PY={sys.executable}", f"DATASET={data}",
-           "PRESET=tiny", f"OUTPUTS={out}", f"DATABASE_ROOT={tmp_path / 'my DataBase'}"]
+           "PRESET=tiny", f"OUTPUTS={out}", f"DATABASE_ROOT={tmp_path / 'my DataBase'}", "NOTEBOOK="]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     last = out / "tiny" / "teacher" / "last.pt"
