@@ -41,7 +41,7 @@ from mmcrossvit.evaluation import query_positives, retrieval_metrics  # noqa: E4
 from mmcrossvit.storage import write_json  # noqa: E402
 from mmcrossvit.steps import execute, student, teacher  # noqa: E402
 from mmcrossvit.storage import read_json, read_npz  # noqa: E402
-from mmcrossvit.train.checkpoint import load_model  # noqa: E402
+from mmcrossvit.train.weights import load_model  # noqa: E402
 from mmcrossvit.train.data import split_folds  # noqa: E402
 
 KS = (1, 5, 10, 20)

@@ -99,3 +99,13 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
     ax.legend(fontsize=8)
     ax.set_title("top-down view (x, y)" + (f"; {far} estimate(s) outside the frame" if far else ""))
     return fig
+
+
+def save_topdown(path: Path, db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estimates: dict[str, Pose],
+                 points: np.ndarray | None, verified: set[str]) -> None:
+    """`plot_topdown` written to a PNG (atomically), for a run's folder: where the queries were placed."""
+    from .storage import atomic_path
+    fig = plot_topdown(db_poses, truth, estimates, points, verified=verified)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)

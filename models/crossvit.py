@@ -10,9 +10,9 @@ heads emit an `embed_dim` descriptor. `forward` returns the two branch heads ave
   image patches (a G x G grid plus a camera token, encoded elsewhere).
 
 Every model carries `.config`, the keyword arguments that rebuild it (`models/build.py:
-build_model(**config)`), so a checkpoint can record its architecture. This module imports nothing from the project:
-reading and writing weights is mmcrossvit/train/checkpoint.py's job (`load_model`, `load_init`,
-`load_pretrained_timm`), and bad shapes here raise ValueError.
+build_model(**config)`), so a checkpoint can record its architecture. This module imports nothing
+from the project: reading weights is mmcrossvit/train/weights.py's job (`load_model`,
+`load_init`, `load_pretrained_timm`), and bad shapes here raise ValueError.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
 `freeze` is how many of the encoder's 7 stages (with its stem) keep their weights: their
 parameters get no gradient and every batch norm keeps its running statistics (batches of 16-32
 images would only add noise to ImageNet's). Like crossvit.py, this file imports nothing from
-the project; ImageNet weights are loaded by mmcrossvit/train/checkpoint.py (`load_imagenet_encoder`).
+the project; ImageNet weights are loaded by mmcrossvit/train/weights.py (`load_imagenet_encoder`).
 """
 from __future__ import annotations
 

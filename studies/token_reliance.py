@@ -19,7 +19,7 @@ from report import STUDY_RESULTS, finish, run_parser  # noqa: E402  (puts the re
 from mmcrossvit import presets  # noqa: E402
 from mmcrossvit.paths import RunLayout  # noqa: E402
 from mmcrossvit.spatial_db import SpatialDB  # noqa: E402
-from mmcrossvit.train.checkpoint import load_model  # noqa: E402
+from mmcrossvit.train.weights import load_model  # noqa: E402
 from mmcrossvit.train.data import ImageCache, load_spatial_tokens, split_folds  # noqa: E402
 from mmcrossvit.train.distributed import setup  # noqa: E402
 from mmcrossvit.train.validation import retrieval  # noqa: E402

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmcrossvit.errors import DataError
-from mmcrossvit.train.checkpoint import imagenet_lite0_file, load_imagenet_encoder, load_model, positional_state
+from mmcrossvit.train.weights import imagenet_lite0_file, load_imagenet_encoder, load_model, positional_state
 from models.build import build_model, build_student, build_teacher
 from models.encoder import lite0
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcrossvit.losses import contrastive_loss, relaxed_contrastive_loss
-from mmcrossvit.train.checkpoint import load_init, load_pretrained_timm
+from mmcrossvit.train.weights import load_init, load_pretrained_timm
 from models.build import build_model, build_student, build_teacher
 
 torch.set_num_threads(2)
@@ -289,7 +289,7 @@ def test_load_pretrained_timm_copies_weights(monkeypatch):
 
 
 def test_models_import_nothing_from_the_project():
-    """models/ stays a plain model library: weight reading lives in mmcrossvit/train/checkpoint.py."""
+    """models/ stays a plain model library: weight reading lives in mmcrossvit/train/weights.py."""
     import ast
     from pathlib import Path
     src = Path(__file__).resolve().parents[1] / "models" / "crossvit.py"

@@ -155,7 +155,7 @@ def test_colmap_text_readers_raise_only_data_errors(tmp_path, text):
 def test_checkpoint_loading_never_unpickles_code(tmp_path):
     """A pickle that would run code on load is refused by weights_only loading."""
     import torch
-    from mmcrossvit.train.checkpoint import read_state_dict
+    from mmcrossvit.train.weights import read_state_dict
 
     class Evil:
         def __reduce__(self):

@@ -227,7 +227,7 @@ def test_teacher_resume_reproduces_the_uninterrupted_run(run, tmp_path):
 
 
 def test_checkpoints_load_with_weights_only_and_rebuild(teacher):
-    from mmcrossvit.train.checkpoint import load_model
+    from mmcrossvit.train.weights import load_model
     for name in ("best.pt", "last.pt"):
         ck = state_of(teacher.parent / name)
         assert ck["format"] == checkpoint.FORMAT and ck["kind"] == "teacher"

@@ -56,7 +56,8 @@ from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query
 from ..parallel import mapped, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
-from ..storage import atomic_path, read_jsonl, write_json
+from ..storage import read_jsonl, write_json
+from ..visualization import save_topdown
 
 log = logging.getLogger("localize")
 STEP = "localize"
@@ -266,19 +267,6 @@ def _read_log(path: Path) -> dict[str, dict]:
     return {r["query"]: r for r in read_jsonl(path) if "query" in r} if path.exists() else {}
 
 
-def _draw_topdown(path: Path, model: SfMModel, ds: Dataset, written: dict, localized: set) -> None:
-    """Where the queries were placed, beside the results: map points, database cameras, each
-    query's written pose (localized / not verified) and, with ground truth, its true pose."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ..visualization import plot_topdown
-    fig = plot_topdown(model.poses, ds.gt_poses, written, model.xyz, verified=localized)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _log_lines(path: Path) -> int:
     try:
         return len(path.read_text().splitlines())
@@ -376,8 +364,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     write_poses(results_path, {ds.results_name(q): pose for q, (pose, _) in written.items()})
     check_results_file(results_path, ds)  # the benchmark's format: every query once, basenames, unit quaternions
     if changed or not run.topdown(tag).exists():
-        _draw_topdown(run.topdown(tag), model, ds, {q: pose for q, (pose, _) in written.items()},
-                      {q for q, r in done.items() if r["success"]})
+        save_topdown(run.topdown(tag), model.poses, ds.gt_poses, {q: pose for q, (pose, _) in written.items()},
+                     model.xyz, {q for q, r in done.items() if r["success"]})
     failed = sorted(q for q, r in done.items() if not r["success"])
     unverified = {rule: sorted(q for q in failed if done[q].get("rejected_by") == rule) for rule in REJECTIONS}
     fallback = {kind: sorted(q for q, (_, what) in written.items() if what == kind)

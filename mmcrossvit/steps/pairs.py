@@ -25,7 +25,7 @@ from ..paths import RunLayout
 from ..retrieval import (AUTO_EXACT_MAX_DB, INDEXES, MissingFaiss, build_index, compute_descriptors,
                          file_fingerprint, import_faiss, resolve_index, search, stack)
 from ..storage import write_npz
-from ..train.checkpoint import load_model
+from ..train.weights import load_model
 
 STEP = "pairs"
 S = argparse.SUPPRESS

@@ -38,7 +38,7 @@ from ..data import Geometry, hflip_tokens
 from ..errors import DataError
 from ..losses import calibrated_sigma, embedding_regression_loss, relaxed_contrastive_loss
 from ..paths import RunLayout
-from ..train.checkpoint import load_model
+from ..train.weights import load_model
 from ..train.data import ImageCache, load_spatial_tokens, training_inputs
 from ..train.distributed import gather_rows, weights_checksum
 from ..train.flags import add_training_args

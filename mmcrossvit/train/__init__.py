@@ -4,7 +4,8 @@
     rng          derived per-purpose random generators; global RNG capture for checkpoints
     optim        optimiser, learning-rate schedule, one optimiser step, weight initialisation
     data         spatial-DB folds, spatial tokens, the resized-image cache, the per-rank loader
-    checkpoint   training checkpoints (format, save, load, resume) and model-weight readers
+    checkpoint   training checkpoints (format, save, load, resume)
+    weights      model weights into a model: checkpoints, safetensors, timm's and the packaged ImageNet weights
     validation   held-out Recall@K / P@K and best-model tracking
     negatives    the teacher's negative sampling (hard / authors / uniform)
     tblog        TensorBoard scalars and summary.json

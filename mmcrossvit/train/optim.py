@@ -64,7 +64,7 @@ def optimizer_step(model, optimizer, scaler, loss, grad_clip: float) -> float:
 def init_weights(model: nn.Module, cfg, log=print) -> None:
     """The lite0 backbone's ImageNet encoder, then --init-from (local checkpoint) and/or --pretrained
     (timm's ImageNet CrossViT); random otherwise."""
-    from .checkpoint import load_imagenet_encoder, load_init, load_pretrained_timm
+    from .weights import load_imagenet_encoder, load_init, load_pretrained_timm
     if getattr(model, 'config', {}).get('backbone') == 'lite0':
         log(f"ImageNet EfficientNet-Lite0 encoder: {load_imagenet_encoder(model)} tensors loaded")
     if cfg.pretrained:
