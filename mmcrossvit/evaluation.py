@@ -69,13 +69,13 @@ def wrong_accepted(rows: list[dict], truth: dict[str, Pose]) -> dict[str, int]:
             if c != "all" and t["localized"]["wrong"]}
 
 
-STATUSES = ("localized", "unverified", "fallback")
+STATUSES = ("localized", "unverified", "stand-in")
 
 
 def pose_status(rows: list[dict], truth: dict[str, Pose]) -> dict[str, dict[str, dict[str, int]]]:
     """{condition: {status: {"n", "fine", "wrong"}}} of localization-log rows, 'all' included:
     localized (every rule passed), unverified (a pose a rule rejected: its estimate is judged) and
-    fallback (no PnP pose; the stand-in is judged). fine: within the finest threshold; wrong:
+    stand-in (no PnP pose: the top retrieved image's, or the identity, is judged). fine: within the finest threshold; wrong:
     beyond the loosest (5 m, 10°). Wrong localized poses are the ones the rules failed to catch."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     (fm, fd), (wm, wd) = THRESHOLDS[0], THRESHOLDS[-1]
@@ -87,7 +87,7 @@ def pose_status(rows: list[dict], truth: dict[str, Pose]) -> dict[str, dict[str,
         elif r.get("estimate"):
             status, qt = "unverified", (r["estimate"]["qvec"], r["estimate"]["tvec"])
         else:
-            status, qt = "fallback", (r["qvec"], r["tvec"])
+            status, qt = "stand-in", (r["qvec"], r["tvec"])
         dt, dr = pose_error(Pose.from_qt(*qt), truth[r["query"]])
         for c in (r.get("condition", "unknown"), "all"):
             cell = out.setdefault(c, {k: {"n": 0, "fine": 0, "wrong": 0} for k in STATUSES})[status]
@@ -99,7 +99,7 @@ def pose_status(rows: list[dict], truth: dict[str, Pose]) -> dict[str, dict[str,
 
 def format_status(table: dict, title: str) -> str:
     lines = [f"| {title} | localized | of them wrong | unverified | of them within (0.25m, 2°) | of them wrong "
-             "| fallback |", "|---|---|---|---|---|---|---|"]
+             "| stand-in |", "|---|---|---|---|---|---|---|"]
     for c, t in table.items():
         lo, un, fb = (t[k] for k in STATUSES)
         lines.append(f"| {c} | {lo['n']} | {lo['wrong']} | {un['n']} | {un['fine']} | {un['wrong']} | {fb['n']} |")

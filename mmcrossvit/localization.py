@@ -298,6 +298,6 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
         rejected = "inliers" if best[1].sum() < min_inliers else "coverage"
     if best is not None:
         extra.update(rejected_by=rejected, estimate=best[0])
-    fallback = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
-    return QueryResult(name, fallback, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
+    stand_in = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
+    return QueryResult(name, stand_in, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
                        *hyp, **extra)

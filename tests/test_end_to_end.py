@@ -161,7 +161,7 @@ def test_an_unverified_estimate_off_the_map_is_not_written():
     from mmcrossvit.steps.localize import written_pose
     stand_in = Pose.from_center(np.eye(3), [1.0, 2.0, 3.0])
     row = {"success": False, "qvec": stand_in.qvec.tolist(), "tvec": stand_in.t.tolist(),
-           "fallback": "top retrieved image", "rejected_by": "inliers"}
+           "stand_in": "top retrieved image", "rejected_by": "inliers"}
     region = (np.zeros(3), 100.0)
     for centre, expected in (([30.0, 40.0, 0.0], "unverified"), ([1700.0, 0.0, 0.0], "top retrieved image"),
                              ([1e15, 0.0, 0.0], "top retrieved image")):

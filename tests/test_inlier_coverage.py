@@ -87,20 +87,20 @@ def test_a_rejected_pose_is_unverified_and_the_results_file_holds_its_estimate(t
     assert off.keys() == est.keys()
     for name in off:  # the same poses go to the benchmark, rule or no rule
         assert np.allclose(off[name].qvec, est[name].qvec) and np.allclose(off[name].t, est[name].t)
-    assert not set(good) & set(s_est["fallback_poses"]["top retrieved image"])
+    assert not set(good) & set(s_est["stand_in_poses"]["top retrieved image"])
 
     # the stand-ins instead: the same rows are reused (the setting is not part of their key)
-    s_fb = loc("unv-all", min_coverage=1.01, unverified_pose="fallback")
+    s_fb = loc("unv-all", min_coverage=1.01, unverified_pose="stand-in")
     assert [r["key"] for r in read_jsonl(run.localization_log("unv-all"))] == [r["key"] for r in rows.values()]
     fb = read_poses(run.results_file("unv-all"))
     for q in good:
         name = ds.results_name(q)
         assert np.allclose(fb[name].qvec, rows[q]["qvec"]) and not np.allclose(fb[name].t, off[name].t)
-    assert set(good) <= set(s_fb["fallback_poses"]["top retrieved image"])
+    assert set(good) <= set(s_fb["stand_in_poses"]["top retrieved image"])
 
     # the evaluation's pose status judges each query's own estimate
     st = pose_status(list(rows.values()), ds.gt_poses)["all"]
     assert st["localized"]["n"] == 0 and st["unverified"]["n"] == sum("estimate" in r for r in rows.values())
-    assert st["unverified"]["n"] + st["fallback"]["n"] == len(rows)
+    assert st["unverified"]["n"] + st["stand-in"]["n"] == len(rows)
     st_off = pose_status(list(rows_off.values()), ds.gt_poses)["all"]
     assert st_off["localized"]["n"] == len(good) and st["unverified"]["fine"] >= st_off["localized"]["fine"]

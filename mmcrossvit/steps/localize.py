@@ -7,9 +7,9 @@ through the database keypoints' triangulated points, optional covisibility clust
 localized when its pose passes every rule (--min-inliers, --min-inlier-coverage, --max-rival-ratio).
 One whose pose a rule rejects is unverified: the results file holds its PnP estimate all the same
 (--unverified-pose estimate, as hloc writes every pose RANSAC finds) or the top retrieved image's
-pose (--unverified-pose fallback). A query with no PnP pose at all gets the top retrieved image's
-pose (as hloc does). The summary and the log list the localized, the unverified (by rule) and the
-fallback poses apart, so the rules decide what is trusted without costing the benchmark a pose.
+pose (--unverified-pose stand-in). A query with no PnP pose at all gets the top retrieved image's
+pose (as hloc does): a stand-in. The summary and the log list the localized, the unverified (by rule)
+and the stand-in poses apart, so the rules decide what is trusted without costing the benchmark a pose.
 
 Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy qz tx ty tz",
 world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
@@ -62,7 +62,11 @@ from ..visualization import save_topdown
 log = logging.getLogger("localize")
 STEP = "localize"
 S = argparse.SUPPRESS
-UNVERIFIED_POSES = ("estimate", "fallback")
+UNVERIFIED_POSES = ("estimate", "stand-in")
+
+
+def _unverified_pose(v: str) -> str:
+    return "stand-in" if v == "fallback" else v  # the name before "stand-in", still accepted
 # rows of an older log lack the rejected estimates: part of every row's key, so they are recomputed
 LOG_FORMAT = 2
 
@@ -90,10 +94,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rival-radius", type=float, default=S,
                    help="metres between a candidate's own pose and the accepted one beyond which the place ratio "
                         "test counts it as another place (used only with --max-rival-ratio)")
-    g.add_argument("--unverified-pose", choices=UNVERIFIED_POSES, default=S,
+    g.add_argument("--unverified-pose", type=_unverified_pose, choices=UNVERIFIED_POSES, default=S,
                    help="what the results file holds for a query whose PnP pose a rule rejected: the estimate "
                         "(as hloc, which writes every pose RANSAC finds; the rules then only decide what counts "
-                        "as localized) or the top retrieved image's pose (fallback); the log keeps both")
+                        "as localized) or the top retrieved image's pose (stand-in); the log keeps both")
     g = p.add_argument_group("localization: held by the presets (the measurements behind them: docs/)")
     g.add_argument("--oracle-num-retrieved", type=int, default=S,
                    help="candidates per query with --retrieval oracle")
@@ -259,7 +263,8 @@ def written_pose(row: dict, unverified_pose: str, region: tuple[np.ndarray, floa
         c = est.center
         if region is None or (np.isfinite(c).all() and np.linalg.norm(c - region[0]) <= region[1]):
             return est, "unverified"
-    return Pose.from_qt(row["qvec"], row["tvec"]), row.get("fallback") or "top retrieved image"
+    # "fallback": the field's name in logs written before it was called the stand-in
+    return Pose.from_qt(row["qvec"], row["tvec"]), row.get("stand_in") or row.get("fallback") or "top retrieved image"
 
 
 def _read_log(path: Path) -> dict[str, dict]:
@@ -294,7 +299,7 @@ def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, c
                 row = {**r, "condition": queries[q].condition, "key": keys[q],
                        # what qvec / tvec are for a query not localized: a stand-in, not an estimate (the
                        # results file holds `estimate` instead, when there is one, with --unverified-pose estimate)
-                       "fallback": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
+                       "stand_in": None if r["success"] else ("top retrieved image" if cands[q] else "identity")}
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
                 done[q] = row
@@ -368,14 +373,14 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                      model.xyz, {q for q, r in done.items() if r["success"]})
     failed = sorted(q for q, r in done.items() if not r["success"])
     unverified = {rule: sorted(q for q in failed if done[q].get("rejected_by") == rule) for rule in REJECTIONS}
-    fallback = {kind: sorted(q for q, (_, what) in written.items() if what == kind)
+    stand_in = {kind: sorted(q for q, (_, what) in written.items() if what == kind)
                 for kind in ("top retrieved image", "identity")}
     times = np.array([sum(r["seconds"].values()) for r in done.values()])
     summary = {"queries": len(done), "localized": len(done) - len(failed), "failed": failed,
                # poses RANSAC found that a rule rejected, by rule; in the results file with --unverified-pose estimate
                "unverified": unverified, "unverified_pose": cfg.unverified_pose,
                # queries whose results-file pose is a stand-in, not an estimate
-               "fallback_poses": fallback,
+               "stand_in_poses": stand_in,
                # unverified estimates outside the map's reach (MAP_REACH): the stand-in is written instead
                "off_map_estimates": sorted(q for q, (_, what) in written.items()
                                            if what != "unverified" and done[q].get("estimate")
@@ -391,9 +396,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     n_unv = sum(map(len, unverified.values()))
     print(f"{summary['localized']}/{summary['queries']} queries localized; {n_unv} more have a pose that a rule "
           f"rejected ({', '.join(f'{len(v)} {k}' for k, v in unverified.items())}; in the results file: "
-          f"{'the estimate' if cfg.unverified_pose == 'estimate' else 'a fallback pose'}); "
-          f"{len(fallback['top retrieved image'])} got the top retrieved image's pose, "
-          f"{len(fallback['identity'])} the identity (listed in {run.localization_summary(tag).name}) -> {results_path}")
+          f"{'the estimate' if cfg.unverified_pose == 'estimate' else 'a stand-in'}); "
+          f"{len(stand_in['top retrieved image'])} got the top retrieved image's pose, "
+          f"{len(stand_in['identity'])} the identity (listed in {run.localization_summary(tag).name}) -> {results_path}")
     if ds.gt_poses is None:
         print("No ground truth: submit this file at https://www.visuallocalization.net/ (Aachen Day-Night).")
     return summary
