@@ -15,20 +15,11 @@ Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy 
 world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
 row per query: retrieved images, matches, inliers, time). Interrupted runs resume from the log.
 
---rerank N re-ranks by local verification (off by default, as in the paper): the first N
-candidates of the pairs file are matched to the query, each is scored by its number of distinct
-2D-3D correspondences, and the best --rerank-keep of them are pooled for PnP (matched once, not
-twice; with --rerank-points, every preset's default, the scores come from matches to each
-candidate's triangulated keypoints alone and the kept ones are matched in full). With
---rerank-pnp M (every preset's default: 30), the M best-scored candidates are verified by a PnP
-of their own, and only those whose camera lies within --rerank-agree metres of the best-verified
-one's are pooled: images of a repeated facade or of another street stay out of the pose. When
-no candidate verifies on its own, --rerank-fallback pools the best-verified one alone (best) or the
-best --rerank-keep by score (scores).
-Its candidates come from a pairs file as deep as N: by default the pairs step's full ranking, outputs/<name>/pairs-query-ranked.txt (pairs-query.txt holds only its top
---num-retrieved), or any hloc-format file given with --pairs; a file shallower than N is an error
-naming it. The log row then lists the candidates, their scores, and as `retrieved` the kept
-images, best first.
+--rerank N re-ranks by local verification (off, as in the paper): the first N candidates of a
+pairs file that deep (by default the pairs step's full ranking, pairs-query-ranked.txt) are matched
+and scored, optionally verified by their own PnP, and the best --rerank-keep are pooled for PnP
+(mmcrossvit/localization.py; every option: docs/localization.md). The log row lists the
+candidates, their scores, and as `retrieved` the kept images, best first.
 
 --retrieval oracle replaces the student's retrieval by ground truth: each query's candidates are
 the database images sharing the most 3D points visible from its true pose (the ceiling that
