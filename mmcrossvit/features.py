@@ -9,6 +9,7 @@ A group is complete once its attribute `done` is set, so an interrupted extracti
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -152,8 +153,7 @@ def _to_extract(path: Path, image_dir: Path, names: list[str], conf_json: str) -
     """{image: (why it is extracted, its file stamp)} for the images `path` lacks or holds stale."""
     from .records import stamp
     why = {}
-    f = h5py.File(path, "r") if path.exists() else {}
-    try:
+    with (h5py.File(path, "r") if path.exists() else contextlib.nullcontext({})) as f:
         for n in names:
             p = Path(image_dir) / n
             st = stamp(p) if p.is_file() else "missing"
@@ -168,9 +168,6 @@ def _to_extract(path: Path, image_dir: Path, names: list[str], conf_json: str) -
             else:
                 continue
             why[n] = (reason, st)
-    finally:
-        if path.exists():
-            f.close()
     return why
 
 

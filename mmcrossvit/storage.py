@@ -78,18 +78,12 @@ def h5_file(path: str | Path, mode: str = "a"):
     crashes. Reading goes through h5py as usual."""
     import h5py
     path = Path(path)
-    raw = open(path, "r+b" if mode == "a" and path.exists() else "w+b")
     try:
-        with h5py.File(raw, "a" if mode == "a" else "w") as f:
+        with open(path, "r+b" if mode == "a" and path.exists() else "w+b") as raw, \
+                h5py.File(raw, "a" if mode == "a" else "w") as f:
             yield f
-        raw.close()
     except OSError as e:
-        with contextlib.suppress(OSError):
-            raw.close()
         raise os_error(e, path) from None
-    finally:
-        with contextlib.suppress(OSError):
-            raw.close()
 
 
 def write_text(path: str | Path, text: str) -> None:
