@@ -9,7 +9,11 @@ OUTPUTS ?= outputs
 DATABASE_ROOT ?= DataBase
 NOTEBOOK ?= 1
 
-.PHONY: demo pipeline test install clean-demo
+IMAGES ?=
+QUERIES ?=
+MAP ?= $(NAME)
+
+.PHONY: demo pipeline map localize test install clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +33,18 @@ demo: $(VENV)/.installed
 pipeline: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --dataset "$(DATASET)" $(if $(NAME),--name "$(NAME)") \
 		--preset "$(PRESET)" --outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" $(if $(NOTEBOOK),--notebook)
+
+# Your own photos: a map from a folder of photos (no poses, no intrinsics; some held out to check it),
+# then new photos localized against it without retraining. NAME / MAP: the map's name.
+map: $(VENV)/.installed
+	@test -n "$(IMAGES)" -a -n "$(NAME)" || { echo "usage: make map IMAGES=path/to/photos NAME=mymap"; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --photos "$(IMAGES)" --dataset "datasets/$(NAME)" --preset "$(PRESET)" \
+		--outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" $(if $(NOTEBOOK),--notebook)
+
+localize: $(VENV)/.installed
+	@test -n "$(QUERIES)" -a -n "$(MAP)" || { echo "usage: make localize MAP=mymap QUERIES=path/to/new/photos"; exit 2; }
+	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --queries "$(QUERIES)" --dataset "datasets/$(MAP)" --preset "$(PRESET)" \
+		--outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)"
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -15,6 +15,8 @@ Aachen Day-Night v1.0 and v1.1 are read exactly as they unpack; nothing needs mo
     <dataset>/3D-models/database_intrinsics.txt       their intrinsics
     <dataset>/reference/                              any COLMAP model (text or binary) with db poses
     <dataset>/ground_truth/query_poses.txt            optional, "<name> qw qx qy qz tx ty tz"
+    <dataset>/queries/unknown_focal.txt               optional, one query name per line: its focal length
+                                                      is a guess (localization refines it with the pose)
 
 The database is exactly the reference's posed images; nothing assumes they live under db/.
 `check_results_file` checks a results file against what the Visual Localization Benchmark
@@ -43,6 +45,7 @@ REFERENCE = Path("reference")
 POSE_SOURCES = (V11_MODEL, NVM, REFERENCE)  # in order of precedence (a v1.1 download holds v1.0's NVM too)
 REFERENCE_FILES = (V11_MODEL, NVM, DB_INTRINSICS, REFERENCE)  # every input the database poses may come from
 GT_POSES = Path("ground_truth/query_poses.txt")
+UNKNOWN_FOCAL = Path("queries/unknown_focal.txt")  # optional: queries whose focal length is a guess
 QUERY_GLOB = "*_queries_with_intrinsics.txt"  # Aachen's *_time_queries_with_intrinsics.txt included
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff"}
 QUAT_TOLERANCE = 1e-3  # | |q| - 1 | a results file's quaternion may be off by
@@ -175,6 +178,20 @@ class Dataset:
     @property
     def db_names(self) -> list[str]:
         return sorted(self.reference[1])
+
+    @cached_property
+    def unknown_focal(self) -> set[str]:
+        """Queries whose focal length is a guess (UNKNOWN_FOCAL; none without the file)."""
+        p = self.root / UNKNOWN_FOCAL
+        if not p.exists():
+            return set()
+        out = set()
+        for i, raw in enumerate(read_text(p).splitlines(), start=1):
+            name = raw.strip()
+            if name and name not in self.queries:
+                raise DataError(p, f"{name!r} is not a query of any list in queries/", i)
+            out |= {name} - {""}
+        return out
 
     @cached_property
     def gt_poses(self) -> dict[str, Pose] | None:

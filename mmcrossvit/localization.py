@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ class QueryResult:
     pnp_inliers: list[int] | None = None
     # with the place ratio test (max_rival_ratio): the accepted pose's rival ratio (`rival_ratio`)
     rival: float | None = None
+    # with LocalizeOptions.refine_focal: the focal length (px) the pose was refined with
+    focal: float | None = None
     # a pose RANSAC found that a rule then rejected ("inliers", "coverage" or "place ratio"): `pose`
     # is the stand-in, `estimate` the rejected pose (hloc would write it; localize.py --unverified-pose)
     rejected_by: str | None = None
@@ -66,6 +69,8 @@ class QueryResult:
             row.update(pnp_inliers=self.pnp_inliers)
         if self.rival is not None:
             row.update(rival_ratio=self.rival)
+        if self.focal is not None:
+            row.update(focal=self.focal)
         if self.rejected_by is not None:
             row.update(rejected_by=self.rejected_by)
         return row
@@ -89,15 +94,15 @@ VERIFY_TRIALS = 1000
 
 
 def candidate_pose(model: "SfMModel", q_feats: dict, matches: ImageMatches, camera: CameraSpec, max_error: float,
-                   seed: int) -> tuple[int, Pose | None]:
+                   seed: int, refine_focal: bool = False) -> tuple[int, Pose | None]:
     """One candidate's own PnP-RANSAC (no refinement) on its distinct 2D-3D correspondences:
     (inliers, pose), or (0, None) when RANSAC finds no pose. Reseeded, so it does not depend on
     which candidates were verified before it."""
     import pycolmap
     p2, p3, _, _ = pool(model, q_feats, [("", matches)])
     pycolmap.set_random_seed(seed)
-    est = estimate_pose(p2, p3, camera, max_error, refine=False, max_trials=VERIFY_TRIALS)
-    return (0, None) if est is None else (int(est[1].sum()), est[0])
+    est = estimate_pose(p2, p3, camera, max_error, refine=False, max_trials=VERIFY_TRIALS, refine_focal=refine_focal)
+    return (0, None) if est is None else (int(est.inliers.sum()), est.pose)
 
 
 RERANK_FALLBACKS = ("best", "scores")
@@ -126,23 +131,40 @@ def ransac_threshold(camera: CameraSpec, max_error: float, ref_size: float | Non
     return max_error if not ref_size else max_error * max(camera.width, camera.height) / ref_size
 
 
+class PoseEstimate(NamedTuple):
+    pose: Pose
+    inliers: np.ndarray   # bool mask over the correspondences
+    camera: CameraSpec    # the camera the pose holds for (its focal length refined, when asked)
+
+
 def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec, max_error: float = 12.0,
-                  refine: bool = True, max_trials: int | None = None):
+                  refine: bool = True, max_trials: int | None = None,
+                  refine_focal: bool = False) -> PoseEstimate | None:
     """PnP-RANSAC + refinement (pycolmap; without it when not `refine`, at most `max_trials`
-    RANSAC trials when given); returns (Pose, inlier mask) or None."""
+    RANSAC trials when given). With `refine_focal`, for a camera whose focal length is a guess,
+    RANSAC estimates the focal length with the pose and refinement refines it (hloc's option)."""
     import pycolmap
     if len(points2d) < 4:
         return None
     opts = pycolmap.AbsolutePoseEstimationOptions()
     opts.ransac.max_error = max_error
+    opts.estimate_focal_length = refine_focal
     if max_trials is not None:
         opts.ransac.max_num_trials = max_trials
-    solve = pycolmap.estimate_and_refine_absolute_pose if refine else pycolmap.estimate_absolute_pose
-    ret = solve(points2d, points3d, camera.to_pycolmap(), opts)
+    cam = camera.to_pycolmap()  # pycolmap writes the refined focal length into it
+    if refine:
+        ref = pycolmap.AbsolutePoseRefinementOptions()
+        ref.refine_focal_length = refine_focal
+        ret = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, cam, opts, ref)
+    else:
+        ret = pycolmap.estimate_absolute_pose(points2d, points3d, cam, opts)
     if ret is None:
         return None
     T = ret["cam_from_world"]
-    return Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)), np.asarray(ret["inlier_mask"], bool)
+    spec = camera if not refine_focal else CameraSpec(camera.model, camera.width, camera.height,
+                                                      tuple(float(v) for v in cam.params))
+    return PoseEstimate(Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)),
+                        np.asarray(ret["inlier_mask"], bool), spec)
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ class LocalizeOptions:
     rerank_pnp: int = 0                 # verify this many best-scored candidates by their own PnP
     rerank_agree: float = 5.0           # and keep those within this many metres of the best-verified
     rerank_fallback: str = "best"       # when none verifies alone: "best" candidate, or "scores" order
+    refine_focal: bool = False          # estimate the focal length with the pose (a query whose focal is a guess)
     seed: int = 0
     device: str = "cpu"
 
@@ -241,7 +264,8 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             by_score = sorted(range(len(candidates)), key=lambda i: -scores[i])[:rerank_pnp]
             for i in by_score:
                 if scores[i] >= min_inliers:  # fewer cannot reach the bar
-                    pnp_inliers[i], poses[i] = candidate_pose(model, qf, scored[i], camera, max_error, seed)
+                    pnp_inliers[i], poses[i] = candidate_pose(model, qf, scored[i], camera, max_error, seed,
+                                                                          opts.refine_focal)
                     own[candidates[i]] = pnp_inliers[i], poses[i]
             kept = agreeing(candidates, scores, pnp_inliers, poses, rerank_keep, rerank_agree, min_inliers)
             # inconclusive (no candidate verified on its own): pooled matches may still find the pose
@@ -258,14 +282,16 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
         p2, p3, src, n = pool(model, qf, [(x, matched(x)) for x in g if x in model.point3d_ids])
         tb = time.time()
         total += n
-        est = estimate_pose(p2, p3, camera, max_error)
+        est = estimate_pose(p2, p3, camera, max_error, refine_focal=opts.refine_focal)
         t_match += tb - ta
         t_pnp += time.time() - tb
-        if est is not None and (best is None or est[1].sum() > best[1].sum()):
-            best = (est[0], est[1], p2, p3, src)
+        if est is not None and (best is None or est.inliers.sum() > best[1].sum()):
+            best, best_camera = (est.pose, est.inliers, p2, p3, src), est.camera
     secs = {"features": round(t1 - t0, 4), "matching": round(t_match, 4), "pnp": round(t_pnp, 4)}
     hyp = () if best is None else (best[1].tolist(), best[2], best[3], best[4])
     extra = dict(candidates=candidates, verification=scores, pnp_inliers=pnp_inliers)
+    if opts.refine_focal and best is not None:
+        extra["focal"] = round(float(best_camera.params[0]), 2)
     if best is not None and best[1].sum() >= min_inliers and (
             min_coverage <= 0 or inlier_coverage(best[2][best[1]], camera) >= min_coverage):
         if max_rival_ratio <= 0:
@@ -285,7 +311,7 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
             far = max((k for k, d in zip(ks, dists) if d is not None and d > rival_radius), default=0)
             if bound[n] <= min(near, far):
                 break
-            k, p = own[n] = candidate_pose(model, qf, ms[n], camera, max_error, seed)
+            k, p = own[n] = candidate_pose(model, qf, ms[n], camera, max_error, seed, opts.refine_focal)
             ks.append(k)
             dists.append(far_of(p))
         rival = rival_ratio_at(dists, ks, rival_radius)

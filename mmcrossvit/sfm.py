@@ -245,13 +245,17 @@ def triangulate(rec, db_path: Path, image_dir: Path, out_dir: Path, min_pair_mat
     return result
 
 
-def incremental(db_path: Path, image_dir: Path, out_dir: Path):
-    """Reconstruct poses and points when the dataset has no poses; keeps the largest model."""
+def incremental(db_path: Path, image_dir: Path, out_dir: Path, seed: int = 0, threads: int = -1):
+    """Reconstruct poses and points when the dataset has no poses; keeps the largest model.
+    COLMAP's seed is fixed (unset, it seeds from the clock): the same database gives the same model."""
     import pycolmap
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    models = pycolmap.incremental_mapping(db_path, image_dir, tmp)
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.random_seed = seed
+    opts.num_threads = threads
+    models = pycolmap.incremental_mapping(db_path, image_dir, tmp, opts)
     if not models:
         raise RuntimeError("incremental mapping reconstructed no model (too few matches?)")
     best = max(models.values(), key=lambda r: r.num_reg_images())
@@ -262,6 +266,37 @@ def incremental(db_path: Path, image_dir: Path, out_dir: Path):
     shutil.rmtree(tmp)
     _replace_dir(final, out_dir)
     return best
+
+
+def reconstruct(image_dir: Path, names: list[str], features: Path, work_dir: Path, out_dir: Path, pairs_path: Path,
+                ratio: float = 0.8, workers: int = 1, device: str = "auto",
+                default_focal_factor: float = 1.2, seed: int = 0) -> tuple[object, Path]:
+    """The pose-free path: the listed images (and no others) with one camera each, guessed from
+    their EXIF (else `default_focal_factor` x the longer side), matched exhaustively, verified by
+    COLMAP's two-view geometry, and reconstructed by incremental mapping (the largest model is
+    kept), seeded so that the same photos give the same model. Returns (model, the COLMAP database
+    in `work_dir`)."""
+    import pycolmap
+    from .colmap_io import write_pairs
+    pairs = pairs_exhaustive(names)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    db_path = work_dir / "database.db"
+    opts = pycolmap.ImageReaderOptions()
+    opts.camera_model = "SIMPLE_RADIAL"
+    opts.default_focal_length_factor = default_focal_factor
+    with pycolmap.Database.open(db_path):  # import_images needs the database to exist
+        pass
+    pycolmap.import_images(db_path, image_dir, pycolmap.CameraMode.PER_IMAGE, image_names=list(names), options=opts)
+    with pycolmap.Database.open(db_path) as db:
+        image_ids = {im.name: im.image_id for im in db.read_all_images()}
+    import_features(db_path, image_ids, features)
+    write_pairs(pairs_path, pairs)
+    match_and_verify(db_path, image_ids, pairs, features, ratio=ratio, workers=workers, device=device)
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.ransac.random_seed = seed  # else COLMAP seeds each pair's RANSAC from the clock
+    pycolmap.verify_matches(db_path, pairs_path, verify)
+    return incremental(db_path, image_dir, out_dir, seed), db_path
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -206,7 +206,7 @@ def test_true_pose_fed_back_counts_every_consistent_correspondence(context):
     uv[out] += 30.0  # outliers: 42 px off
     consistent = gt_consistent(uv, X, cam, gt, px=4.0)
     assert consistent.sum() == len(X) - len(out)
-    pose, inliers = estimate_pose(uv, X, cam, 12.0)
+    pose, inliers, _ = estimate_pose(uv, X, cam, 12.0)
     dt, dr = pose_error(pose, gt)
     assert failure_kind(True, dt, dr, len(X), 1) == "localized"
     assert (consistent & inliers).sum() == len(X) - len(out) == inliers.sum()

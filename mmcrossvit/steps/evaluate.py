@@ -36,7 +36,7 @@ from ..layout import GT_POSES, Dataset, check_results_file
 from ..localization import SfMModel
 from ..paths import ORACLE_TAG, RunLayout
 from ..spatial_db import SpatialDB
-from ..storage import read_jsonl, read_npz, write_json, write_text
+from ..storage import read_json, read_jsonl, read_npz, write_json, write_text
 
 STEP = "evaluate"
 S = argparse.SUPPRESS
@@ -84,6 +84,14 @@ def check(run: RunLayout, cfg: argparse.Namespace) -> None:
                                  f"({hint})")
 
 
+def _retrieval_of(run: RunLayout) -> str | None:
+    """The candidates the run's own localization used (its recorded settings)."""
+    try:
+        return read_json(run.settings("localize"))["settings"].get("retrieval")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ds = Dataset(run.dataset)
     if ds.gt_poses is None:
@@ -96,7 +104,15 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                                      "or name one with --results")
     report: dict = {"localization": {}, "pose_status": {}, "retrieval": {}, "results": {}, "benchmark_format": {}}
     md = [f"# Evaluation of `{run.name}`\n"]
+    photos = ds.root / "photos.json"  # datasets/photos.py: the "ground truth" is the SfM's own
+    if photos.exists():
+        report["ground_truth"] = read_json(photos).get("ground_truth")
+        md += [f"Ground truth: {report['ground_truth']} (a check of the map and the retrieval in the SfM's "
+               f"own frame and units, not an independent measurement); {len(ds.gt_poses)} of "
+               f"{len(ds.queries)} queries have one.", ""]
     for label, path in sources:
+        if label == "student retrieval" and _retrieval_of(run) == "all":
+            label = "every database image (small map)"
         est = load_results(path, ds)
         missing = missing_queries(est, ds.gt_poses)
         table = localization_table(est, ds.gt_poses, conditions)
@@ -104,7 +120,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         report["results"][label] = {"file": str(path), "poses": len(est), "queries": len(ds.gt_poses),
                                     "missing": len(missing), "missing_first": missing[:NAMED_MISSING]}
         md += [format_localization(table, label), ""]
-        log_path = run.localization_log(RUN_TAGS[label]) if label in RUN_TAGS else None
+        tag = next((t for lab, t in RUN_TAGS.items() if run.results_file(t) == path), None)
+        log_path = run.localization_log(tag) if tag is not None else None
         if log_path is not None and log_path.exists():  # what the run trusted, and how right it was
             status = pose_status(read_jsonl(log_path), ds.gt_poses)
             report["pose_status"][label] = status

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -220,8 +221,8 @@ def _localize_init(model: SfMModel, features: Path, opts: LocalizeOptions):
 def _localize_one(state, job) -> dict:
     """One query's log row (pose included); run in this process or a worker."""
     model, features, opts = state
-    q, camera, cands = job
-    r = localize_query(q, camera, cands, model, features, opts)
+    q, camera, cands, refine_focal = job
+    r = localize_query(q, camera, cands, model, features, replace(opts, refine_focal=refine_focal))
     row = {**r.log_row(), "qvec": r.pose.qvec.tolist(), "tvec": r.pose.t.tolist()}
     if r.estimate is not None:  # a rejected pose: qvec / tvec are the stand-in's
         row.update(estimate={"qvec": r.estimate.qvec.tolist(), "tvec": r.estimate.t.tolist()})
@@ -284,7 +285,8 @@ def _localize(run, cfg, log_path: Path, done: dict, todo: list, queries: dict, c
     with open(log_path, "w") as logf:
         logf.writelines(json.dumps(r) + "\n" for r in done.values())
         logf.flush()
-        jobs = [(q, queries[q].camera, cands[q]) for q in todo]
+        unknown = Dataset(run.dataset).unknown_focal
+        jobs = [(q, queries[q].camera, cands[q], q in unknown) for q in todo]
         with mapped(_localize_one, jobs, cfg.workers, _localize_init, (model, run.features, options(cfg))) as results:
             for q, r in tqdm(zip(todo, results), total=len(todo), desc="localize", unit="query"):
                 row = {**r, "condition": queries[q].condition, "key": keys[q],
@@ -339,7 +341,9 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     settings.update(log_format=LOG_FORMAT)
     base = records.make_key(settings, {"sfm": records.upstream(run.record("sfm"), run.sfm_points)})
     feats = feature_stamps(run.features, list(queries))
-    keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]) for q in queries}
+    # a query whose focal length is a guess (queries/unknown_focal.txt) has it refined with the pose
+    keys = {q: records.digest([base, cands[q], queries[q].camera.line(), feats[q]]
+                              + (["refine_focal"] if q in ds.unknown_focal else [])) for q in queries}
     done = {} if cfg.overwrite else _read_log(log_path)
     stale = {q: r for q, r in done.items() if q in queries and r.get("key") != keys[q]}
     dropped = sorted(set(done) - set(queries))

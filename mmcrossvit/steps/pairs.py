@@ -1,4 +1,5 @@
-"""Step 5: retrieval pairs from the distilled student's global descriptors.
+"""Step 5: retrieval pairs from the distilled student's global descriptors (or, for a small map that
+trains no student, from the ImageNet encoder's: --descriptor imagenet).
 
 Computes student descriptors for database and query images (batched, cached in
 outputs/<name>/descriptors.h5 keyed by image name and tied to the checkpoint), ranks the database
@@ -25,11 +26,13 @@ from ..paths import RunLayout
 from ..retrieval import (AUTO_EXACT_MAX_DB, INDEXES, MissingFaiss, build_index, compute_descriptors,
                          file_fingerprint, import_faiss, resolve_index, search, stack)
 from ..storage import write_npz
-from ..train.weights import load_model
+from ..train.weights import imagenet_student, load_model
 
 STEP = "pairs"
 S = argparse.SUPPRESS
 DB_PAIRS_PER_IMAGE = 20  # database-to-database neighbours written to pairs-db-retrieval.txt
+DESCRIPTORS = ("student", "imagenet")
+IMAGENET_IMG_SIZE = 256  # the untrained encoder's input (the demo student's; docs/descriptor.md measured it there)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -48,16 +51,24 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="hnsw: candidates kept per query, at least K (more: higher recall, slower)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="student checkpoint (default outputs/<name>/student/best.pt)")
+    p.add_argument("--descriptor", choices=DESCRIPTORS, default="student",
+                   help="student: the trained student's descriptor; imagenet: the ImageNet EfficientNet-Lite0 "
+                        "encoder under GeM, not trained on the scene (what run_pipeline.py uses for a small map)")
     p.add_argument("--device", choices=CHOICES, default="auto", help=HELP + "; the student embeds there")
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ds = Dataset(run.dataset)
-    ckpt = cfg.checkpoint or run.student_checkpoint
-    if not Path(ckpt).exists():
-        raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
     device = pick(cfg.device)
-    model = load_model(ckpt, device, arch="student")  # queries have no 3D tokens
+    if getattr(cfg, "descriptor", "student") == "imagenet":
+        from models.encoder import FEATURES
+        model, fingerprint = imagenet_student(IMAGENET_IMG_SIZE, FEATURES, cfg.seed)  # square head: GeM's ranking
+        model = model.to(device)
+    else:
+        ckpt = cfg.checkpoint or run.student_checkpoint
+        if not Path(ckpt).exists():
+            raise DataError(ckpt, "student checkpoint not found; run train_knowledge_distillation_student.py first")
+        model, fingerprint = load_model(ckpt, device, arch="student"), file_fingerprint(ckpt)  # queries: no 3D tokens
     size = model.config["img_size"]
     if not ds.queries:
         raise DataError(ds.root / "queries", "no queries listed")
@@ -75,8 +86,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         except MissingFaiss as e:
             raise DataError(None, str(e)) from e
     image_paths = {n: ds.image_path(n) for n in db_names + q_names}
-    desc = compute_descriptors(model, image_paths, size, run.descriptors, file_fingerprint(ckpt),
-                               cfg.batch_size, device)
+    desc = compute_descriptors(model, image_paths, size, run.descriptors, fingerprint, cfg.batch_size, device)
     D, Q = stack(desc, db_names), stack(desc, q_names)
     # rank deeper than K for the retrieval tables; the pairs file keeps the top K
     built = None if index == "exact" else build_index(D, index, seed=cfg.seed)  # one index, both searches

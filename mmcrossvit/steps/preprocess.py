@@ -28,7 +28,8 @@ from ..colmap_model import read_colmap_cameras_poses, read_model_observations
 from ..errors import DataError
 from .. import records
 from ..features import SiftConfig, extract_features, failed_images, features_digest
-from ..layout import REFERENCE_FILES, Dataset
+from ..colmap_io import read_intrinsics
+from ..layout import DB_INTRINSICS, IMAGE_EXTS, REFERENCE_FILES, Dataset
 from ..paths import RunLayout
 from ..storage import atomic_path, is_complete, read_json, write_json, write_text
 
@@ -93,6 +94,16 @@ def check(run: RunLayout, cfg: argparse.Namespace) -> dict:
     return ds.validate(check_images=not cfg.skip_validation)
 
 
+def incremental_names(ds: Dataset) -> list[str]:
+    """The database of a dataset without poses: the images its intrinsics list names (a converter's
+    list, e.g. datasets/photos.py's), else every image under db/ but the night renderings."""
+    intr = ds.root / DB_INTRINSICS
+    if intr.exists():
+        return sorted(read_intrinsics(intr))
+    return sorted(p.relative_to(ds.images_dir).as_posix() for p in (ds.images_dir / "db").rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and not p.stem.endswith("_cyclegan"))
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run.out.mkdir(parents=True, exist_ok=True)
@@ -109,8 +120,7 @@ def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
     run.out.mkdir(parents=True, exist_ok=True)
     incremental = cfg.mapper == "incremental"
     if incremental:
-        db_names = sorted(str(p.relative_to(ds.images_dir)) for p in (ds.images_dir / "db").rglob("*")
-                          if p.suffix.lower() in {".jpg", ".jpeg", ".png"} and not p.stem.endswith("_cyclegan"))
+        db_names = incremental_names(ds)
         summary = {"database_images": len(db_names), "queries": len(ds.queries)}
     else:
         summary = ds.validate(check_images=False)  # the images were checked by check()
@@ -140,24 +150,10 @@ def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
                               cfg.overwrite, f"SfM model {run.sfm}", sfm_settings, sfm_inputs, log.info):
         worked = True
         if incremental:
-            import pycolmap
-            pairs = sfm.pairs_exhaustive(db_names)
-            shutil.rmtree(run.sfm_work, ignore_errors=True)
-            run.sfm_work.mkdir(parents=True)
-            db_path = run.sfm_work / "database.db"
-            intr = ds.root / "3D-models/database_intrinsics.txt"
-            pycolmap.import_images(db_path, ds.images_dir, pycolmap.CameraMode.PER_IMAGE, image_names=db_names)
-            with pycolmap.Database.open(db_path) as db:
-                image_ids = {im.name: im.image_id for im in db.read_all_images()}
-            if intr.exists():
-                log.info("intrinsics from %s are used only as initial guesses by incremental mapping", intr)
-            sfm.import_features(db_path, image_ids, run.features)
-            write_pairs(run.pairs_db, pairs)
-            sfm.match_and_verify(db_path, image_ids, pairs, run.features, ratio=cfg.ratio, workers=cfg.match_workers,
-                                 device=cfg.device)
-            pycolmap.verify_matches(db_path, run.pairs_db)
-            rec = sfm.incremental(db_path, ds.images_dir, run.sfm)
-            match_stats = {"pairs": len(pairs)}
+            rec, db_path = sfm.reconstruct(ds.images_dir, [n for n in db_names if n not in skipped_db], run.features,
+                                           run.sfm_work, run.sfm, run.pairs_db, cfg.ratio, cfg.match_workers,
+                                           cfg.device, seed=cfg.seed)
+            match_stats = {"pairs": len(db_names) * (len(db_names) - 1) // 2}
         else:
             cams, poses = ds.reference
             poses = {n: p for n, p in poses.items() if n not in skipped_db}
@@ -188,8 +184,8 @@ def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
 
     # 4. spatial-contrastive database: keyed by the SfM model and its own settings
     db_settings = {k: getattr(cfg, k) for k in ("min_shared", "z_thresh", "folds", "seed")}
-    db_inputs = {"sfm": sfm_key, "db_names": records.digest(db_names),
-                 "queries": records.digest(sorted((q.name, q.condition) for q in ds.queries.values()))}
+    # the queries are no input: photos added as queries later (run_pipeline.py --queries) retrain nothing
+    db_inputs = {"sfm": sfm_key, "db_names": records.digest(db_names)}
     db_key = records.make_key(db_settings, db_inputs)
     if not records.up_to_date(run.record("spatial_db"), db_key, is_complete(run.spatial_db, run.db_stats),
                               cfg.overwrite, f"spatial database {run.spatial_db}", db_settings, db_inputs, log.info):
@@ -215,11 +211,11 @@ def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
                           "shared_points": shared.astype(int), "iou": db.pos_iou}).to_csv(tmp, index=False)
         write_text(run.db_images_csv,
                    "name,fold,num_points\n" + "".join(f"{n},{f},{k}\n" for n, f, k in zip(db.names, db.fold, db.num_points)))
-        write_text(run.query_images_csv,
-                   "name,condition\n" + "".join(f"{q.name},{q.condition}\n" for q in ds.queries.values()))
         st = {**spatial_db.stats(db), "not_in_model": missing}
         write_json(run.db_stats, st)
         records.write(run.record("spatial_db"), db_key, db_settings, db_inputs)
+    write_text(run.query_images_csv,  # left as it is when the queries are the same
+               "name,condition\n" + "".join(f"{q.name},{q.condition}\n" for q in ds.queries.values()))
     st = read_json(run.db_stats)
     log.info("spatial database: %s", {k: v for k, v in st.items() if k != "not_in_model"})
     result = {"dataset_root": str(ds.root.resolve()), "dataset": summary, "features": dict(feat_summary),

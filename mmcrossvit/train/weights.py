@@ -237,3 +237,16 @@ def load_imagenet_encoder(model: nn.Module, path: Optional[Path] = None) -> int:
         raise DataError(path, f"has no weights for {_short(missing)}")
     enc.load_state_dict(take, strict=False)
     return len(take)
+
+
+def imagenet_student(img_size: int, embed_dim: int, seed: int = 0) -> tuple[nn.Module, str]:
+    """The lite0 student as initialised, its encoder holding the ImageNet weights and no training on
+    the scene (a small map's retriever: its GeM-like descriptor ranks places that no training has
+    seen); with the fingerprint that keys its descriptors."""
+    from models.build import build_student
+    torch.manual_seed(seed)  # the head's initialisation
+    model = build_student(img_size=img_size, embed_dim=embed_dim, backbone='lite0', freeze=7)
+    n = load_imagenet_encoder(model)
+    path = imagenet_lite0_file()
+    from ..records import content_hash
+    return model.eval(), f"imagenet-lite0:{content_hash(path)}:{n}:{img_size}:{embed_dim}:{seed}"
