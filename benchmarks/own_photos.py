@@ -28,7 +28,7 @@ from datasets.strecha import camera_file, read_camera  # noqa: E402
 from mmcrossvit.evaluation import THRESHOLDS, load_results, localization_table  # noqa: E402
 from mmcrossvit.geometry import Pose  # noqa: E402
 from mmcrossvit.layout import Dataset  # noqa: E402
-from mmcrossvit.paths import RunLayout  # noqa: E402
+from mmcrossvit.paths import DATABASE_ROOT, OUTPUTS, RunLayout  # noqa: E402
 from mmcrossvit.presets import PRESETS  # noqa: E402
 from mmcrossvit.storage import read_json, read_jsonl  # noqa: E402
 
@@ -109,8 +109,8 @@ def main(argv=None) -> dict:
     p.add_argument("--holdout-every", type=int, default=4, metavar="K",
                    help="every K-th registered photo is held out (4: the split of datasets/strecha.py)")
     p.add_argument("--datasets", type=Path, default=Path("datasets"), help="where the converted scenes go")
-    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="where the runs go")
-    p.add_argument("--database-root", type=Path, default=Path("DataBase"), help="where the spatial databases go")
+    p.add_argument("--outputs", type=Path, default=OUTPUTS, help="where the runs go")
+    p.add_argument("--database-root", type=Path, default=DATABASE_ROOT, help="where the spatial databases go")
     p.add_argument("--out", default=str(RESULTS / "own_photos"), help="output path stem; .md and .json are written")
     args = p.parse_args(argv)
     res = [measure(sc, args.preset, args.holdout_every, args.datasets, args.outputs, args.database_root)

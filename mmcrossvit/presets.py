@@ -55,7 +55,8 @@ _PAPER = {
                      unverified_pose="estimate",
                      # one process: more were measured slower on 2 and on 16 cores (docs/performance.md)
                      workers=1, device="auto"),
-    "evaluate": dict(),
+    # without query ground truth: this many database images localized from the others' (mmcrossvit/holdout.py)
+    "evaluate": dict(holdout_images=50),
 }
 
 
@@ -113,6 +114,7 @@ PRESETS: dict[str, dict] = {
                      jitter=0.2, val_every=1),
         pairs=dict(num_retrieved=10),
         localize=dict(oracle_num_retrieved=10, rerank_keep=10),
+        evaluate=dict(holdout_images=8),
     ),
 }
 DEFAULT_PRESET = "demo"

@@ -200,3 +200,27 @@ def test_the_imagenet_encoder_retrieves_without_a_checkpoint(tiny_run):
     r = read_npz(run.retrieval)
     # the ImageNet encoder ranks the database: a query's best match is far more similar than its worst
     assert (r["query_scores"][:, 0] > r["query_scores"][:, -1] + 0.05).all()
+
+
+def test_a_run_without_query_ground_truth_reports_the_maps_hold_out_check(tiny_run, tmp_path):
+    """evaluate.py without ground truth: database images localized from the others' matches."""
+    import shutil
+    from mmcrossvit import cli
+    from mmcrossvit.paths import RunLayout
+    from mmcrossvit.steps import evaluate, execute
+    dataset, run0 = tiny_run
+    root = tmp_path / "ds"
+    shutil.copytree(dataset, root, symlinks=True)
+    shutil.rmtree(root / "ground_truth")
+    run = RunLayout(root, "nogt", run0.outputs, run0.database_root)
+    run.out.mkdir(parents=True)
+    for p in (run0.features, run0.sfm):
+        os.symlink(p.resolve(), run.out / p.name)
+    report = execute(evaluate, run, cli.settings(evaluate, "tiny"))
+    rows = report["holdout"]["rows"]
+    assert len(rows) == 8 and all(r["candidates"] == len(Dataset(root).db_names) - 1 for r in rows)  # no retrieval
+    assert all(r["image"] in Dataset(root).db_names for r in rows)
+    table = report["holdout"]["table"]["all"]
+    assert table["n"] == 8 and table["recall"][1] >= 75.0  # on a good map, nearly every image finds itself
+    assert report["holdout"]["wrong_localized"] == 0
+    assert "Hold-out check" in run.evaluation_md.read_text()

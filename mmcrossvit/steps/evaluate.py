@@ -1,4 +1,5 @@
-"""Step 7: accuracy tables, wherever ground truth exists.
+"""Step 7: accuracy tables, wherever ground truth exists; without it, the map's hold-out check
+(database images localized from the others' matches: mmcrossvit/holdout.py, --holdout-images).
 
 Localization: % of queries within (0.25 m, 2°), (0.5 m, 5°), (5 m, 10°), per condition, and
 median errors, for the student's retrieval and (when the oracle localization was run) for the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import presets
 from ..errors import DataError
 from ..evaluation import (EVAL_KS, format_localization, format_retrieval, format_status, load_results,
                           localization_table, missing_queries, pose_status, query_positives, ranked_queries,
@@ -46,6 +48,9 @@ NAMED_MISSING = 5  # missing queries named in the report
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fold", type=int, default=S, help="fold whose anchors are held out (as in training)")
+    p.add_argument("--holdout-images", type=int, default=S,
+                   help="without query ground truth: database images localized from the others' matches and "
+                        "compared with their poses in the map (the hold-out check; 0: off)")
     p.add_argument("--results", action="append", default=[], metavar="[LABEL=]PATH",
                    help="also evaluate this results file in the benchmark's format ('<basename> qw qx qy qz tx "
                         "ty tz', e.g. hloc's), its table titled LABEL (default: the path); repeatable; the "
@@ -67,9 +72,13 @@ def given_results(cfg: argparse.Namespace) -> list[tuple[str, Path]]:
 def check(run: RunLayout, cfg: argparse.Namespace) -> None:
     """Before anything is written (steps.execute): ground truth, the --results files, the run folder."""
     ds = Dataset(run.dataset)
-    if ds.gt_poses is None:
-        raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
     given = given_results(cfg)
+    if ds.gt_poses is None:
+        if given:
+            raise DataError(ds.root / GT_POSES, "no ground truth: --results files cannot be evaluated here")
+        if not run.sfm_points.exists():
+            raise DataError(run.sfm, "no ground truth, and no map for the hold-out check; run preprocessing.py first")
+        return
     labels = list(RUN_TAGS)
     for label, path in given:
         if not path.is_file():
@@ -92,10 +101,35 @@ def _retrieval_of(run: RunLayout) -> str | None:
         return None
 
 
+def holdout_report(run: RunLayout, cfg: argparse.Namespace) -> dict:
+    """Without query ground truth: the map's hold-out check (mmcrossvit/holdout.py)."""
+    from .. import holdout
+    try:
+        settings = read_json(run.settings("localize"))["settings"]  # as the run localized its queries
+    except (OSError, ValueError, KeyError):
+        settings = presets.step_settings(cfg.preset, "localize")
+    model = SfMModel.load(run.sfm)
+    table, rows = holdout.check(model, run.features, settings, cfg.holdout_images, run.pairs_db_retrieval)
+    wrong = holdout.wrong_localized(rows)
+    md = [f"# Hold-out check of `{run.name}` (no query ground truth)\n",
+          f"{len(rows)} database images, each localized from the others' matches and compared with its pose in "
+          "the map (mmcrossvit/holdout.py): a check that the map, the retrieval and the pose solver work. "
+          "The map's points were triangulated with these images too, so the errors are optimistic.", "",
+          format_localization(table, holdout.LABEL), "",
+          f"Localized: {sum(r['success'] for r in rows)} of {len(rows)}; of them beyond (5 m, 10°): {wrong}.", ""]
+    report = {"ground_truth": None, "holdout": {"table": table, "rows": rows, "wrong_localized": wrong,
+                                                 "label": holdout.LABEL}}
+    write_json(run.evaluation_json, report)
+    write_text(run.evaluation_md, "\n".join(md))
+    print("\n".join(md))
+    print(f"-> {run.evaluation_json}, {run.evaluation_md}")
+    return report
+
+
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ds = Dataset(run.dataset)
     if ds.gt_poses is None:
-        raise DataError(ds.root / GT_POSES, "no ground truth; nothing to evaluate (submit the results file instead)")
+        return holdout_report(run, cfg)
     conditions = {q: v.condition for q, v in ds.queries.items()}
     sources = [(label, run.results_file(tag)) for label, tag in RUN_TAGS.items() if run.results_file(tag).exists()]
     sources += given_results(cfg)
