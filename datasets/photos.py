@@ -11,7 +11,8 @@ intrinsics given: what `make map IMAGES=dir NAME=x` runs first (then the pipelin
    counts both.
 2. Structure from motion without poses (mmcrossvit/sfm.py's `reconstruct`, the pipeline's
    `--mapper incremental`): the photos of that list and no others, SIFT with the preset's settings,
-   exhaustive matching, incremental mapping. Photos it cannot register (another place, too little
+   every pair matched up to EXHAUSTIVE_MAX (50) photos, else each photo with its 20 nearest by the ImageNet
+   encoder's descriptor, incremental mapping (seeded: the same photos give the same map). Photos it cannot register (another place, too little
    overlap) are listed and left out.
 3. Hold-out: every --holdout-every-th registered photo (from the middle of the first K) becomes a
    query whose "ground truth" is its pose in that reconstruction; the rest are the database, whose
@@ -50,6 +51,11 @@ SUMMARY = "photos.json"
 SFM_DIR = Path("photos_sfm")  # the hold-out reconstruction: features.h5, database.db, model/ (a cache)
 OWNED = (IMAGES, Path("queries"), NVM.parent, REFERENCE, GT_POSES.parent, Path(SUMMARY))
 HOLDOUT_EVERY = 8
+# Up to this many photos every pair is matched (1,225 pairs; ~0.7 s a pair at 1024 px on 2 cores, so
+# ~15 min); above, each photo is matched with its RETRIEVAL_PAIRS nearest by the ImageNet encoder's
+# descriptor (hloc's pairs from retrieval), which grows linearly.
+EXHAUSTIVE_MAX = 50
+RETRIEVAL_PAIRS = 20
 HOLDOUT_LABEL = "holdout"
 MIN_REGISTERED = 3  # a map needs two database photos and one held out
 
@@ -114,12 +120,30 @@ def _sfm(out: Path, placed: dict[str, Photo], preset: str, factor: float, seed: 
     pycolmap.set_random_seed(seed)
     sfm.colmap_logging(False)
     extract_features(image_dir, names, work / "features.h5", conf, workers=cfg["workers"], device=cfg["device"])
+    pairs = retrieval_pairs(image_dir, names, work / "descriptors.h5", seed, cfg["device"]) \
+        if len(names) > EXHAUSTIVE_MAX else None
     with sfm.storage_errors(work):
         rec, _ = sfm.reconstruct(image_dir, names, work / "features.h5", work / "work", model_dir,
-                                 work / "pairs.txt", cfg["ratio"], cfg["match_workers"], cfg["device"], factor, seed)
+                                 work / "pairs.txt", cfg["ratio"], cfg["match_workers"], cfg["device"], factor, seed,
+                                 pairs)
     shutil.rmtree(work / "work", ignore_errors=True)
     records.write(work / "record.json", key, settings, inputs)
     return rec
+
+
+def retrieval_pairs(image_dir: Path, names: list[str], cache: Path, seed: int, device: str,
+                    k: int = RETRIEVAL_PAIRS) -> list[tuple[str, str]]:
+    """Each photo with its k nearest by the ImageNet encoder's descriptor (untrained on the scene)."""
+    from mmcrossvit.device import pick
+    from mmcrossvit.retrieval import compute_descriptors, search, stack
+    from mmcrossvit.train.weights import imagenet_student
+    from models.encoder import FEATURES
+    dev = pick(device)
+    model, fingerprint = imagenet_student(256, FEATURES, seed)
+    desc = compute_descriptors(model.to(dev), {n: image_dir / n for n in names}, 256, cache, fingerprint, 16, dev)
+    D = stack(desc, names)
+    idx, _ = search(D, D, min(k, len(names) - 1), index="exact", exclude_self=True)
+    return sorted({tuple(sorted((names[i], names[j]))) for i, row in enumerate(idx) for j in row if j >= 0})
 
 
 def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", holdout_every: int = HOLDOUT_EVERY,

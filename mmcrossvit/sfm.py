@@ -270,15 +270,16 @@ def incremental(db_path: Path, image_dir: Path, out_dir: Path, seed: int = 0, th
 
 def reconstruct(image_dir: Path, names: list[str], features: Path, work_dir: Path, out_dir: Path, pairs_path: Path,
                 ratio: float = 0.8, workers: int = 1, device: str = "auto",
-                default_focal_factor: float = 1.2, seed: int = 0) -> tuple[object, Path]:
+                default_focal_factor: float = 1.2, seed: int = 0,
+                pairs: list[tuple[str, str]] | None = None) -> tuple[object, Path]:
     """The pose-free path: the listed images (and no others) with one camera each, guessed from
-    their EXIF (else `default_focal_factor` x the longer side), matched exhaustively, verified by
+    their EXIF (else `default_focal_factor` x the longer side), matched in `pairs` (default: all), verified by
     COLMAP's two-view geometry, and reconstructed by incremental mapping (the largest model is
     kept), seeded so that the same photos give the same model. Returns (model, the COLMAP database
     in `work_dir`)."""
     import pycolmap
     from .colmap_io import write_pairs
-    pairs = pairs_exhaustive(names)
+    pairs = pairs_exhaustive(names) if pairs is None else pairs
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     db_path = work_dir / "database.db"

@@ -224,3 +224,17 @@ def test_a_run_without_query_ground_truth_reports_the_maps_hold_out_check(tiny_r
     assert table["n"] == 8 and table["recall"][1] >= 75.0  # on a good map, nearly every image finds itself
     assert report["holdout"]["wrong_localized"] == 0
     assert "Hold-out check" in run.evaluation_md.read_text()
+
+
+def test_a_large_folder_is_matched_by_retrieval_not_exhaustively(tiny_dataset, tmp_path):
+    """Above EXHAUSTIVE_MAX photos, each is matched with its nearest by the ImageNet encoder: pairs
+    grow linearly, and they link neighbours (the synthetic town's cameras say which are near)."""
+    from datasets.photos import retrieval_pairs
+    ds = Dataset(tiny_dataset)
+    names = sorted(ds.db_names)[:12]
+    pairs = retrieval_pairs(ds.images_dir, names, tmp_path / "d.h5", 0, "cpu", k=3)
+    assert {n for p in pairs for n in p} == set(names) and 12 * 3 / 2 <= len(pairs) <= 12 * 3
+    _, poses = ds.reference
+    dist = lambda a, b: np.linalg.norm(poses[a].center - poses[b].center)  # noqa: E731
+    everyday = np.median([dist(a, b) for i, a in enumerate(names) for b in names[i + 1:]])
+    assert np.median([dist(a, b) for a, b in pairs]) < everyday  # nearer than a random pair
