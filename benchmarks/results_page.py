@@ -42,6 +42,8 @@ SECTIONS = [("Efficiency (counted)", "efficiency.md", "python benchmarks/efficie
             ("Real photographs: Strecha et al.'s scenes with laser-scan ground truth", "real_scenes.md",
              "python benchmarks/real_scenes.py --datasets datasets/strecha_* --presets paper demo "
              "--variants no-affine affine"),
+            ("Your own photos: Strecha's scenes mapped from their images alone", "own_photos.md",
+             "python benchmarks/own_photos.py --scenes path/to/Benchmarking_Camera_Calibration_2008/* --preset demo"),
             ("Student retrieval (the from-scratch CrossViT): recipes over 3 seeds", "student_retrieval.md",
              "python benchmarks/student_retrieval.py --dataset datasets/demo --preset demo --seeds 0 1 2"),
             ("Descriptor-matching kernel (Intel Xeon)", "matching_kernel.md",
