@@ -55,22 +55,42 @@ def plot_matches(image_dir: Path, features: Path, query: str, db_name: str, rati
     return fig
 
 
+def ground_axes(db_poses: dict[str, Pose]) -> np.ndarray:
+    """(2, 3): two world directions spanning the ground, perpendicular to the cameras' mean up
+    direction (each camera's -y axis: photos are taken upright). The synthetic town and Aachen have
+    z up, and this gives their x and y; a map made from photos has no set axis, and this finds it."""
+    up = np.mean([-p.R[1] for p in db_poses.values()], axis=0) if db_poses else np.zeros(3)
+    n = np.linalg.norm(up)
+    if n < 1e-6:
+        return np.eye(3)[:2]
+    up = up / n
+    ref = np.eye(3)[0] if abs(up[0]) < 0.9 else np.eye(3)[1]
+    e1 = ref - up * (ref @ up)
+    e1 /= np.linalg.norm(e1)
+    return np.stack([e1, np.cross(up, e1)])
+
+
 def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estimates: dict[str, Pose],
-                 points: np.ndarray | None = None, arrow: float = 3.0, verified: set[str] | None = None):
-    """Bird's-eye view (x, y): database cameras, ground-truth and estimated query poses; with
-    `verified`, the queries counted as localized in red and the others (unverified estimates and
-    stand-ins) in orange."""
+                 points: np.ndarray | None = None, arrow: float | None = None, verified: set[str] | None = None):
+    """Bird's-eye view, looking down the cameras' mean up direction (`ground_axes`): database
+    cameras, ground-truth and estimated query poses; with `verified`, the queries counted as
+    localized in red and the others (unverified estimates and stand-ins) in orange. Arrows are
+    `arrow` long (default: 3 m, or a tenth of the cameras' extent when that is smaller)."""
+    A = ground_axes(db_poses)
     fig, ax = plt.subplots(figsize=(8, 8))
     if points is not None and len(points):
-        sel = points[np.random.default_rng(0).permutation(len(points))[:20000]]
+        sel = points[np.random.default_rng(0).permutation(len(points))[:20000]] @ A.T
         ax.scatter(sel[:, 0], sel[:, 1], s=0.3, c="lightgray", label="3D points")
-    C = np.stack([p.center for p in db_poses.values()])
+    C = np.stack([p.center for p in db_poses.values()]) @ A.T
     ax.scatter(C[:, 0], C[:, 1], s=6, c="tab:blue", label="database cameras")
+    extent = float(np.ptp(C, axis=0).max()) if len(C) > 1 else 0.0
+    if arrow is None:
+        arrow = min(3.0, 0.1 * extent) if extent > 0 else 3.0
 
     def draw(poses, colour, label):
         first = True
         for p in poses.values():
-            c, d = p.center, p.viewing_direction
+            c, d = A @ p.center, A @ p.viewing_direction
             ax.arrow(c[0], c[1], arrow * d[0], arrow * d[1], color=colour, width=0.05 * arrow,
                      length_includes_head=True, label=label if first else None)
             first = False
@@ -85,19 +105,19 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
     if truth:
         for q, e in estimates.items():
             if q in truth:
-                g = truth[q].center
-                ax.plot([g[0], e.center[0]], [g[1], e.center[1]], c="k", lw=0.5)
+                g, c = A @ truth[q].center, A @ e.center
+                ax.plot([g[0], c[0]], [g[1], c[1]], c="k", lw=0.5)
     # frame the map (the database cameras, with a margin of half their extent), not stray far points
     # or far-off estimates, which would squeeze it into a corner; what lies outside is counted
-    lo, hi = C[:, :2].min(0), C[:, :2].max(0)
-    pad = 0.5 * max(float((hi - lo).max()), 1.0)
+    lo, hi = C.min(0), C.max(0)
+    pad = 0.5 * max(float((hi - lo).max()), 1e-3 if extent < 1.0 else 1.0)
     lo, hi = lo - pad, hi + pad
-    far = sum(not ((lo <= p.center[:2]) & (p.center[:2] <= hi)).all() for p in estimates.values())
+    far = sum(not ((lo <= A @ p.center) & (A @ p.center <= hi)).all() for p in estimates.values())
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")
     ax.legend(fontsize=8)
-    ax.set_title("top-down view (x, y)" + (f"; {far} estimate(s) outside the frame" if far else ""))
+    ax.set_title("top-down view" + (f"; {far} estimate(s) outside the frame" if far else ""))
     return fig
 
 

@@ -177,9 +177,22 @@ def test_the_top_down_view_frames_the_map_not_far_estimates():
     matplotlib.use("Agg")
     from mmcrossvit.geometry import Pose
     from mmcrossvit.visualization import plot_topdown
-    db = {f"db{i}": Pose.from_center(np.eye(3), [x, y, 0.0]) for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 80)])}
-    est = {"near": Pose.from_center(np.eye(3), [50.0, 40.0, 0.0]), "far": Pose.from_center(np.eye(3), [1e15, 0.0, 0.0])}
+    upright = np.array([[0.0, -1, 0], [0, 0, -1], [1, 0, 0]])  # looking along x, the image's up along z
+    db = {f"db{i}": Pose.from_center(upright, [x, y, 0.0]) for i, (x, y) in enumerate([(0, 0), (100, 0), (0, 80)])}
+    est = {"near": Pose.from_center(upright, [50.0, 40.0, 0.0]), "far": Pose.from_center(upright, [1e15, 0.0, 0.0])}
     points = np.array([[0.0, 0.0, 0.0], [-1500.0, 800.0, 0.0]])
     ax = plot_topdown(db, None, est, points).axes[0]
     assert ax.get_xlim() == (-50.0, 150.0) and ax.get_ylim() == (-50.0, 130.0)
     assert "1 estimate(s) outside the frame" in ax.get_title()
+
+
+def test_the_top_down_view_looks_down_the_cameras_up_direction():
+    """A map made from photos has no set axis (its frame is the first camera's: y down): the view
+    looks down the cameras' mean up direction, so the cameras' spread shows and their height does not."""
+    from mmcrossvit.geometry import Pose
+    from mmcrossvit.visualization import ground_axes
+    R = np.eye(3)  # the first camera's frame: x right, y down, z forward
+    db = {f"db{i}": Pose.from_center(R, [x, 0.0, z]) for i, (x, z) in enumerate([(0, 0), (4, 1), (8, 0)])}
+    A = ground_axes(db)
+    assert np.allclose(np.abs(A @ [0.0, 1.0, 0.0]), 0)  # the up axis (-y) is out of the picture
+    assert np.allclose(sorted(np.abs(A @ [1.0, 0, 0])), [0, 1]) and np.allclose(sorted(np.abs(A @ [0, 0, 1.0])), [0, 1])
