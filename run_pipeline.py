@@ -36,10 +36,6 @@ from mmcrossvit.paths import RunLayout
 from mmcrossvit.runlock import run_lock
 from mmcrossvit.storage import changed_since, write_json
 
-# Below this many database images the chain trains nothing. Even on the demo's 300, training did not lift
-# query R@1 above the untrained ImageNet encoder's (0.41 / 0.28 against 0.49 / 0.27, day / night, 400
-# queries: docs/descriptor.md); a third of that is the line, a choice no measurement pins down further.
-SMALL_MAP = 100
 TRAINING_STEPS = ("tokens", "teacher", "student", "pairs")
 STEP_NAMES = ("generate", "preprocess", "tokens", "teacher", "student", "pairs", "localize", "oracle", "evaluate")
 
@@ -56,9 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=Path, default=None, metavar="DIR",
                    help="first add this folder of photographs as queries of --dataset, then localize them "
                         "against the finished map (from the pairs step: nothing is retrained)")
-    p.add_argument("--small-map", type=int, default=SMALL_MAP, metavar="N",
-                   help=f"a database of fewer than N images trains no teacher or student: every database image "
-                        f"is a candidate of every query (default {SMALL_MAP}; 0: always train)")
+    p.add_argument("--small-map", type=int, default=None, metavar="N",
+                   help="a database of fewer than N images trains no teacher or student (default: the preset's "
+                        "pairs small_map; 0: always train)")
     p.add_argument("--from-step", choices=STEP_NAMES[1:], default=None, help="skip the steps before this one")
     p.add_argument("--notebook", action="store_true",
                    help="last, execute final_pipeline.ipynb against the run: outputs/<name>/final_pipeline.html "
@@ -149,12 +145,13 @@ def _run_steps(args, run: RunLayout, seed: int) -> dict:
             continue
         module = modules[name]
         extra = {"retrieval": "oracle"} if name == "oracle" else {}
-        mode = small_map_mode(run, args.small_map, args.preset) if name in TRAINING_STEPS + ("localize",) else None
+        small = args.small_map if args.small_map is not None else presets.step_settings(args.preset, "pairs")["small_map"]
+        mode = small_map_mode(run, small, args.preset) if name in TRAINING_STEPS + ("localize",) else None
         if mode and (name in TRAINING_STEPS[:-1] or (name == "pairs" and mode == "all")):
             why = ("every database image is a candidate of every query" if mode == "all" else
                    "retrieval by the ImageNet encoder, untrained on the scene")
-            print(f"== {name}: skipped (a small map: {database_size(run)} database images, fewer than --small-map "
-                  f"{args.small_map}; {why})")
+            print(f"== {name}: skipped (a small map: {database_size(run)} database images, fewer than the "
+                  f"small-map line {small}; {why})")
             continue
         if mode == "all" and name == "localize":
             extra = {"retrieval": "all"}

@@ -31,7 +31,7 @@ from ..train.weights import imagenet_student, load_model
 STEP = "pairs"
 S = argparse.SUPPRESS
 DB_PAIRS_PER_IMAGE = 20  # database-to-database neighbours written to pairs-db-retrieval.txt
-DESCRIPTORS = ("student", "imagenet")
+DESCRIPTORS = ("auto", "student", "imagenet")
 IMAGENET_IMG_SIZE = 256  # the untrained encoder's input (the demo student's; docs/descriptor.md measured it there)
 
 
@@ -51,16 +51,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="hnsw: candidates kept per query, at least K (more: higher recall, slower)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="student checkpoint (default outputs/<name>/student/best.pt)")
-    p.add_argument("--descriptor", choices=DESCRIPTORS, default="student",
+    g.add_argument("--small-map", type=int, default=S,
+                   help="a database of fewer images is a small map: run_pipeline.py trains no student for it, and "
+                        "--descriptor auto retrieves with the ImageNet encoder (0: never)")
+    p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
                    help="student: the trained student's descriptor; imagenet: the ImageNet EfficientNet-Lite0 "
-                        "encoder under GeM, not trained on the scene (what run_pipeline.py uses for a small map)")
+                        "encoder under GeM, not trained on the scene; auto: imagenet for a small map (--small-map), "
+                        "else student")
     p.add_argument("--device", choices=CHOICES, default="auto", help=HELP + "; the student embeds there")
 
 
 def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     ds = Dataset(run.dataset)
     device = pick(cfg.device)
-    if getattr(cfg, "descriptor", "student") == "imagenet":
+    descriptor = getattr(cfg, "descriptor", "auto")
+    if descriptor == "auto":
+        descriptor = "imagenet" if len(ds.db_names) < getattr(cfg, "small_map", 0) else "student"
+    if descriptor == "imagenet":
         from models.encoder import FEATURES
         model, fingerprint = imagenet_student(IMAGENET_IMG_SIZE, FEATURES, cfg.seed)  # square head: GeM's ranking
         model = model.to(device)
@@ -100,5 +107,6 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     write_npz(run.retrieval, db_names=np.array(db_names), query_names=np.array(q_names),
               query_ranked=q_idx, query_scores=q_score, db_ranked=d_idx, db_scores=d_score)
     k = min(cfg.num_retrieved, int(q_idx.shape[1]))
-    print(f"{len(q_names)} queries x top-{k} of {len(db_names)} database images ({index} search) -> {run.pairs_query}")
-    return {"queries": len(q_names), "k": k, "index": index}
+    print(f"{len(q_names)} queries x top-{k} of {len(db_names)} database images ({index} search, {descriptor} "
+          f"descriptor) -> {run.pairs_query}")
+    return {"queries": len(q_names), "k": k, "index": index, "descriptor": descriptor}
