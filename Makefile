@@ -13,7 +13,7 @@ IMAGES ?=
 QUERIES ?=
 MAP ?= $(NAME)
 
-.PHONY: demo pipeline map localize test install clean-demo
+.PHONY: demo pipeline map localize map-args localize-args test install clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,15 +36,20 @@ pipeline: $(VENV)/.installed
 
 # Your own photos: a map from a folder of photos (no poses, no intrinsics; some held out to check it),
 # then new photos localized against it without retraining. NAME / MAP: the map's name.
-map: $(VENV)/.installed
-	@test -n "$(IMAGES)" -a -n "$(NAME)" || { echo "usage: make map IMAGES=path/to/photos NAME=mymap"; exit 2; }
+map: map-args $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --photos "$(IMAGES)" --dataset "datasets/$(NAME)" --preset "$(PRESET)" \
 		--outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)" $(if $(NOTEBOOK),--notebook)
 
-localize: $(VENV)/.installed
-	@test -n "$(QUERIES)" -a -n "$(MAP)" || { echo "usage: make localize MAP=mymap QUERIES=path/to/new/photos"; exit 2; }
+localize: localize-args $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) run_pipeline.py --queries "$(QUERIES)" --dataset "datasets/$(MAP)" --preset "$(PRESET)" \
 		--outputs "$(OUTPUTS)" --database-root "$(DATABASE_ROOT)"
+
+# checked before the install: a mistyped command says so at once
+map-args:
+	@test -n "$(IMAGES)" -a -n "$(NAME)" || { echo "usage: make map IMAGES=path/to/photos NAME=mymap"; exit 2; }
+
+localize-args:
+	@test -n "$(QUERIES)" -a -n "$(MAP)" || { echo "usage: make localize MAP=mymap QUERIES=path/to/new/photos"; exit 2; }
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -167,11 +167,13 @@ def test_new_photos_are_localized_without_retraining_and_bad_files_reported(phot
     assert table["n"] == len(ds.gt_poses)
 
 
-def test_make_map_explains_its_arguments():
+def test_make_map_and_localize_explain_their_arguments():
     import subprocess
-    r = subprocess.run(["make", "-s", "map", "VENV=.venv", "IMAGES="], capture_output=True, text=True,
-                       cwd=Path(__file__).resolve().parents[1])
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["make", "-s", "map", "IMAGES=photos"], capture_output=True, text=True, cwd=repo)
     assert r.returncode != 0 and "usage: make map IMAGES=path/to/photos NAME=mymap" in r.stdout + r.stderr
+    r = subprocess.run(["make", "-s", "localize", "MAP=mymap"], capture_output=True, text=True, cwd=repo)
+    assert r.returncode != 0 and "usage: make localize MAP=mymap QUERIES=path/to/new/photos" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("n_db, expected", [(5, "all"), (100, "all"), (101, "imagenet"), (299, "imagenet"), (300, None)])

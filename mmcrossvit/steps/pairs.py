@@ -56,8 +56,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "--descriptor auto retrieves with the ImageNet encoder (0: never)")
     p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
                    help="student: the trained student's descriptor; imagenet: the ImageNet EfficientNet-Lite0 "
-                        "encoder under GeM, not trained on the scene; auto: imagenet for a small map (--small-map), "
-                        "else student")
+                        "encoder under GeM, not trained on the scene; auto: imagenet for a small map (--small-map) "
+                        "unless --checkpoint is given, else student")
     p.add_argument("--device", choices=CHOICES, default="auto", help=HELP + "; the student embeds there")
 
 
@@ -66,7 +66,8 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     device = pick(cfg.device)
     descriptor = getattr(cfg, "descriptor", "auto")
     if descriptor == "auto":
-        descriptor = "imagenet" if len(ds.db_names) < getattr(cfg, "small_map", 0) else "student"
+        small = getattr(cfg, "small_map", 0)  # a checkpoint given by hand is the student to use
+        descriptor = "imagenet" if not cfg.checkpoint and small and len(ds.db_names) < small else "student"
     if descriptor == "imagenet":
         from models.encoder import FEATURES
         model, fingerprint = imagenet_student(IMAGENET_IMG_SIZE, FEATURES, cfg.seed)  # square head: GeM's ranking
