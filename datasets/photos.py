@@ -178,15 +178,18 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
         raise DataError(src, f"structure from motion registered {len(registered)} of {len(placed)} photos: a map "
                              f"needs at least {MIN_REGISTERED} (do the photos overlap?)")
     held = set(holdout(sorted(registered), holdout_every))
+    devices = device_cameras([(placed[f], _spec(rec.cameras[im.camera_id])) for f, im in registered.items()
+                              if f not in held])
     db, queries, unknown = {}, {}, []
     for f, im in sorted(registered.items()):
         p = placed[f]
         T = im.cam_from_world()
         pose = Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
-        if f in held:  # the camera its file gives, as a new photo would have; the SfM pose to check against
+        if f in held:  # the camera a new photo would get (query_camera); the SfM pose to check against
             name = f"query/day/{HOLDOUT_LABEL}/{f}"
-            queries[name] = (p.camera, pose)
-            if p.focal_source == "default":
+            cam, guessed = query_camera(p, devices)
+            queries[name] = (cam, pose)
+            if guessed:
                 unknown.append(name)
         else:
             name = f"db/{f}"
@@ -199,6 +202,8 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
                "focal_from_exif": sum(p.focal_source == "exif" for p in placed.values()),
                "focal_guessed": sum(p.focal_source == "default" for p in placed.values()),
                "default_focal_factor": default_focal_factor,
+               # the map's refined camera per EXIF device: queries taken with one of them get it
+               "device_cameras": {k: c.line() for k, c in sorted(devices.items())},
                "registered": len(registered), "not_registered": [placed[f].name for f in unregistered],
                "skipped": skipped, "holdout_every": holdout_every, "database_images": len(db),
                "held_out": len(queries), "ground_truth": "the held-out photos' poses in the SfM of all photos",
@@ -207,6 +212,28 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
                "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / SUMMARY, summary)  # last: "complete": true
     return summary
+
+
+def device_cameras(cams: list[tuple[Photo, "CameraSpec"]]) -> dict[str, "CameraSpec"]:
+    """Per EXIF device of the database photos, their refined cameras' median parameters."""
+    import numpy as np
+
+    from mmcrossvit.colmap_io import CameraSpec
+    by: dict[str, list] = {}
+    for p, c in cams:
+        if p.device:
+            by.setdefault(p.device, []).append(c)
+    return {d: CameraSpec(cs[0].model, cs[0].width, cs[0].height,
+                          tuple(float(v) for v in np.median([c.params for c in cs], axis=0)))
+            for d, cs in by.items() if len({(c.model, c.width, c.height) for c in cs}) == 1}
+
+
+def query_camera(p: Photo, devices: dict) -> tuple["CameraSpec", bool]:
+    """(camera, focal length guessed?): the map's refined camera of the photo's EXIF device when the
+    map has one (its distortion included), else the camera its file gives (EXIF or the guess)."""
+    if p.device and p.device in devices:
+        return devices[p.device], False
+    return p.camera, p.focal_source == "default"
 
 
 def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None = None,
@@ -225,6 +252,9 @@ def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None =
     placed = _place(photos, skipped)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
+    made = read_json(root / SUMMARY) if (root / SUMMARY).exists() else {}
+    from mmcrossvit.colmap_io import parse_camera
+    devices = {d: parse_camera(root / SUMMARY, None, line.split()) for d, line in made.get("device_cameras", {}).items()}
     taken = {Dataset.results_name(q) for q in ds.queries if not q.startswith(f"query/{label}/")}
     for f in [f for f in placed if f in taken]:  # the results file names queries by basename
         p = placed.pop(f)
@@ -232,18 +262,20 @@ def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None =
         print(f"skipped {p.name}: {skipped[p.name]}")
     folder = ds.images_dir / "query" / label
     shutil.rmtree(folder, ignore_errors=True)  # the same label again: this folder's photos replace its last ones
-    names = {}
+    names, cams = {}, {}
     for f, p in sorted(placed.items()):
         names[f"query/{label}/{f}"] = p
+        cams[f"query/{label}/{f}"] = query_camera(p, devices)
         _link(p.path, ds.images_dir / "query" / label / f, copy)
     from mmcrossvit.colmap_io import write_intrinsics
-    write_intrinsics(root / "queries" / f"{label}_queries_with_intrinsics.txt", {n: p.camera for n, p in names.items()})
+    write_intrinsics(root / "queries" / f"{label}_queries_with_intrinsics.txt", {n: c for n, (c, _) in cams.items()})
     unknown = {n for n in read_unknown(root) if not n.startswith(f"query/{label}/")}
-    unknown |= {n for n, p in names.items() if p.focal_source == "default"}
+    unknown |= {n for n, (_, guessed) in cams.items() if guessed}
     write_text(root / UNKNOWN_FOCAL, "".join(f"{n}\n" for n in sorted(unknown)))
     summary = {"converter": "datasets.photos queries", "source": str(src.resolve()), "label": label,
                "queries": len(names), "focal_from_exif": sum(p.focal_source == "exif" for p in names.values()),
-               "focal_guessed": sum(p.focal_source == "default" for p in names.values()),
+               "focal_guessed": sum(guessed for _, guessed in cams.values()),
+               "camera_of_the_map": sorted(n for n, p in names.items() if p.device and p.device in devices),
                "skipped": skipped}
     write_json(root / "queries" / f"{label}.json", summary)
     return summary

@@ -24,6 +24,24 @@ class Photo:
     path: Path
     camera: CameraSpec
     focal_source: str    # "exif" or "default"
+    device: str | None = None  # EXIF make, model, focal length and the image size: photos of one camera share it
+
+
+def device_of(path: Path, width: int, height: int) -> str | None:
+    """What identifies the camera and zoom a photo was taken with (its EXIF), or None without EXIF.
+    Photos that share it share their intrinsics, so a query can take the map's refined camera."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            sub = exif.get_ifd(0x8769)
+    except OSError:
+        return None
+    make, model = (str(exif.get(t, "")).strip("\x00 ") for t in (0x010F, 0x0110))
+    focal, f35 = sub.get(0x920A), sub.get(0xA405)
+    if not (make or model) or (focal is None and f35 is None):
+        return None
+    return f"{make} {model}, f {float(focal or 0):g} mm ({f35 or '?'} mm equiv.), {width}x{height}"
 
 
 def infer_camera(path: Path, default_focal_factor: float = DEFAULT_FOCAL_FACTOR) -> tuple[CameraSpec, str]:
@@ -69,5 +87,5 @@ def scan(folder: str | Path, default_focal_factor: float = DEFAULT_FOCAL_FACTOR,
             skipped[name] = why
             continue
         cam, source = infer_camera(p, default_focal_factor)
-        photos.append(Photo(name, p, cam, source))
+        photos.append(Photo(name, p, cam, source, device_of(p, cam.width, cam.height) if source == "exif" else None))
     return photos, skipped

@@ -1,15 +1,16 @@
 """Step 6: PnP-RANSAC localization of every query, and the benchmark's results file.
 
 For each query: SIFT features (same extractor and settings as the database), mutual nearest
-neighbour + ratio-test matches against each retrieved database image, 2D-3D correspondences
-through the database keypoints' triangulated points, optional covisibility clustering, then
-`pycolmap.estimate_and_refine_absolute_pose` with the query's own camera. A query counts as
-localized when its pose passes every rule (--min-inliers, --min-inlier-coverage, --max-rival-ratio).
-One whose pose a rule rejects is unverified: the results file holds its PnP estimate all the same
-(--unverified-pose estimate, as hloc writes every pose RANSAC finds) or the top retrieved image's
-pose (--unverified-pose stand-in). A query with no PnP pose at all gets the top retrieved image's
-pose (as hloc does): a stand-in. The summary and the log list the localized, the unverified (by rule)
-and the stand-in poses apart, so the rules decide what is trusted without costing the benchmark a pose.
+neighbour + ratio-test matches against each retrieved database image, 2D-3D correspondences through
+the database keypoints' triangulated points, optional covisibility clustering, then
+`pycolmap.estimate_and_refine_absolute_pose` with the query's own camera (its focal length estimated
+too where queries/unknown_focal.txt lists it). A query counts as localized when its pose passes
+every rule (--min-inliers, --min-inlier-coverage, --max-rival-ratio). One whose pose a rule rejects
+is unverified: the results file holds its PnP estimate all the same (--unverified-pose estimate, as
+hloc writes every pose RANSAC finds) or the top retrieved image's pose (--unverified-pose stand-in).
+A query with no PnP pose at all gets the top retrieved image's pose (as hloc does): a stand-in. The
+summary and the log list the localized, the unverified (by rule) and the stand-in poses apart, so
+the rules decide what is trusted without costing the benchmark a pose.
 
 Writes outputs/<name>/[<tag>/]Pose_Estimation_Results.txt ("<basename> qw qx qy qz tx ty tz",
 world-to-camera, the Visual Localization Benchmark's format) and localization_log.jsonl (one
@@ -57,8 +58,8 @@ S = argparse.SUPPRESS
 UNVERIFIED_POSES = ("estimate", "stand-in")
 
 
-def _unverified_pose(v: str) -> str:
-    return "stand-in" if v == "fallback" else v  # the name before "stand-in", still accepted
+def _unverified_pose(v: str) -> str:  # "fallback": the name before "stand-in", still accepted
+    return "stand-in" if v == "fallback" else v
 # rows of an older log lack the rejected estimates: part of every row's key, so they are recomputed
 LOG_FORMAT = 2
 
@@ -310,9 +311,11 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
     queries = ds.queries
     cands = candidates(run, cfg, ds, model)
     empty = [q for q, c in cands.items() if not c]
-    if empty:
+    # e.g. new photos added to a map whose held-out photos have poses: the oracle has nothing for them
+    no_truth = [q for q in empty if cfg.retrieval == "oracle" and q not in (ds.gt_poses or {})]
+    if len(empty) > len(no_truth):
         log.warning("%d queries have no candidates (e.g. %s); they get an identity pose and count as failed",
-                    len(empty), empty[0])
+                    len(empty) - len(no_truth), sorted(set(empty) - set(no_truth))[0])
     # features of queries preprocessing did not see, with the database's settings (preprocessing
     # re-extracts changed images and retries unreadable ones; they are not reported again here)
     missing = sorted(set(queries) - feature_names(run.features))
