@@ -78,6 +78,7 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
     `arrow` long (default: 3 m, or a tenth of the cameras' extent when that is smaller)."""
     A = ground_axes(db_poses)
     fig, ax = plt.subplots(figsize=(8, 8))
+    sel = np.zeros((0, 2))
     if points is not None and len(points):
         sel = points[np.random.default_rng(0).permutation(len(points))[:20000]] @ A.T
         ax.scatter(sel[:, 0], sel[:, 1], s=0.3, c="lightgray", label="3D points")
@@ -107,11 +108,14 @@ def plot_topdown(db_poses: dict[str, Pose], truth: dict[str, Pose] | None, estim
             if q in truth:
                 g, c = A @ truth[q].center, A @ e.center
                 ax.plot([g[0], c[0]], [g[1], c[1]], c="k", lw=0.5)
-    # frame the map (the database cameras, with a margin of half their extent), not stray far points
-    # or far-off estimates, which would squeeze it into a corner; what lies outside is counted
+    # frame the map (the database cameras, with a margin of half their extent, and the central 96% of
+    # the points when there are enough to tell), not stray far points or far-off estimates, which would
+    # squeeze it into a corner; what lies outside is counted
     lo, hi = C.min(0), C.max(0)
     pad = 0.5 * max(float((hi - lo).max()), 1e-3 if extent < 1.0 else 1.0)
     lo, hi = lo - pad, hi + pad
+    if len(sel) >= 50:
+        lo, hi = np.minimum(lo, np.percentile(sel, 2, axis=0)), np.maximum(hi, np.percentile(sel, 98, axis=0))
     far = sum(not ((lo <= A @ p.center) & (A @ p.center <= hi)).all() for p in estimates.values())
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
