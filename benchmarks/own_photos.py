@@ -140,8 +140,8 @@ def main(argv=None) -> dict:
           "fitted to the database cameras' centres takes the map into metres, and each held-out photo's "
           "localized pose is compared with its true one. `wrong`: localized but beyond (5 m, 10°). "
           "`SfM's hold-out poses vs laser`: how far the pipeline's own check (the held-out photos' poses in "
-          "the SfM of all photos) lies from the truth. `s`: the whole `run_pipeline.py --photos` run, on this "
-          "machine with nothing else running.", "", markdown_table(head, rows)]
+          "the SfM of all photos) lies from the truth. `s`: the whole `run_pipeline.py --photos` run on this "
+          "machine (its load when the run began: the .json's `machine`).", "", markdown_table(head, rows)]
     return finish(args.out, md, {"machine": machine_info(), "preset": args.preset,
                                  "holdout_every": args.holdout_every, "scenes": res, "totals": totals})
 
