@@ -155,8 +155,8 @@ def _run_steps(args, run: RunLayout, seed: int) -> dict:
             continue
         if mode == "all" and name == "localize":
             extra = {"retrieval": "all"}
-        elif mode == "imagenet" and name == "pairs":
-            extra = {"descriptor": "imagenet"}
+        elif name == "pairs":  # this run's line (--small-map), not the step's own rule, decides
+            extra = {"descriptor": "imagenet" if mode == "imagenet" else "student"}
         cfg = cli.settings(module, args.preset, seed=seed, **extra)
         print(f"== {name} (preset {args.preset})", flush=True)
         t = time.time()
