@@ -76,8 +76,10 @@ def test_ctrl_c_in_the_teacher_then_the_same_make_command_gives_the_same_results
     out = tmp_path / "my outputs"
     cmd = ["make", "-s", "-o", ".venv/.installed", "pipeline", f"PY={sys.executable}", f"DATASET={data}",
            "PRESET=tiny", f"OUTPUTS={out}", f"DATABASE_ROOT={tmp_path / 'my DataBase'}", "NOTEBOOK="]
+    # Ctrl-C's default action restored: a test run started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler (the run would go on)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = out / "tiny" / "teacher" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not last.exists():
