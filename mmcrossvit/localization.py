@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -327,3 +327,33 @@ def localize_query(name: str, camera: CameraSpec, retrieved: list[str], model: S
     stand_in = model.poses[retrieved[0]] if retrieved and retrieved[0] in model.poses else Pose(np.eye(3), np.zeros(3))
     return QueryResult(name, stand_in, False, total, 0 if best is None else int(best[1].sum()), retrieved, secs,
                        *hyp, **extra)
+
+
+# An unverified estimate whose camera lies farther from the database cameras' centre than this many
+# times their own farthest distance is no pose of this map (PnP on a degenerate or wrong-place
+# correspondence set: seen 1.7 km and 1e15 m away on the demo); the stand-in is written instead.
+MAP_REACH = 2.0
+
+
+def map_region(model: SfMModel) -> tuple[np.ndarray, float]:
+    """(centre, radius): the database cameras' median centre and MAP_REACH times their farthest distance."""
+    c = np.array([p.center for p in model.poses.values()]).reshape(-1, 3)
+    if not len(c):
+        return np.zeros(3), float("inf")
+    mid = np.median(c, axis=0)
+    return mid, MAP_REACH * max(float(np.linalg.norm(c - mid, axis=1).max()), 1.0)
+
+
+def written_pose(row: dict, unverified_pose: str, region: tuple[np.ndarray, float] | None = None) -> tuple[Pose, str]:
+    """The pose a log row puts in the results file, and what it is: "localized", "unverified"
+    (a rejected estimate, with --unverified-pose estimate, whose camera lies in the map's `region`)
+    or the stand-in's kind."""
+    if row["success"]:
+        return Pose.from_qt(row["qvec"], row["tvec"]), "localized"
+    if unverified_pose == "estimate" and row.get("estimate"):
+        est = Pose.from_qt(row["estimate"]["qvec"], row["estimate"]["tvec"])
+        c = est.center
+        if region is None or (np.isfinite(c).all() and np.linalg.norm(c - region[0]) <= region[1]):
+            return est, "unverified"
+    # "fallback": the field's name in logs written before it was called the stand-in
+    return Pose.from_qt(row["qvec"], row["tvec"]), row.get("stand_in") or row.get("fallback") or "top retrieved image"

@@ -132,7 +132,7 @@ def test_results_match_estimates_in_log(chain):
     data, out, _, _ = chain
     res = read_poses(out / "Pose_Estimation_Results.txt")
     from mmcrossvit.localization import SfMModel
-    from mmcrossvit.steps.localize import map_region, written_pose
+    from mmcrossvit.localization import map_region, written_pose
     rows = [json.loads(x) for x in (out / "localization_log.jsonl").read_text().splitlines()]
     assert len(rows) == len(res)
     policy = json.loads((out / "localization_summary.json").read_text())["unverified_pose"]
@@ -160,7 +160,7 @@ def test_same_seed_gives_identical_pairs_and_results(chain, tmp_path):
 def test_an_unverified_estimate_off_the_map_is_not_written():
     """PnP on a wrong place can put a camera kilometres (or 1e15 m) away: the stand-in is written instead."""
     from mmcrossvit.geometry import Pose
-    from mmcrossvit.steps.localize import written_pose
+    from mmcrossvit.localization import written_pose
     stand_in = Pose.from_center(np.eye(3), [1.0, 2.0, 3.0])
     row = {"success": False, "qvec": stand_in.qvec.tolist(), "tvec": stand_in.t.tolist(),
            "stand_in": "top retrieved image", "rejected_by": "inliers"}

@@ -13,7 +13,6 @@ from PIL import Image
 
 from mmcrossvit.colmap_io import CameraSpec
 from mmcrossvit.errors import DataError
-from mmcrossvit.geometry import Pose
 from mmcrossvit.layout import Dataset
 from mmcrossvit.localization import estimate_pose
 from mmcrossvit.photos import scan

@@ -44,9 +44,9 @@ from ..errors import DataError
 from ..evaluation import oracle_candidates
 from .. import records
 from ..features import FeatureStore, extract_features, feature_names, feature_stamps, stored_config
-from ..geometry import Pose
 from ..layout import GT_POSES, Dataset, check_results_file
-from ..localization import REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query
+from ..localization import (REJECTIONS, RERANK_FALLBACKS, LocalizeOptions, SfMModel, localize_query, map_region,
+                            written_pose)
 from ..parallel import mapped, resolve_workers
 from ..paths import ORACLE_TAG, RunLayout
 from ..storage import read_jsonl, write_json
@@ -230,36 +230,6 @@ def _localize_one(state, job) -> dict:
     return row
 
 
-# An unverified estimate whose camera lies farther from the database cameras' centre than this many
-# times their own farthest distance is no pose of this map (PnP on a degenerate or wrong-place
-# correspondence set: seen 1.7 km and 1e15 m away on the demo); the stand-in is written instead.
-MAP_REACH = 2.0
-
-
-def map_region(model: SfMModel) -> tuple[np.ndarray, float]:
-    """(centre, radius): the database cameras' median centre and MAP_REACH times their farthest distance."""
-    c = np.array([p.center for p in model.poses.values()]).reshape(-1, 3)
-    if not len(c):
-        return np.zeros(3), float("inf")
-    mid = np.median(c, axis=0)
-    return mid, MAP_REACH * max(float(np.linalg.norm(c - mid, axis=1).max()), 1.0)
-
-
-def written_pose(row: dict, unverified_pose: str, region: tuple[np.ndarray, float] | None = None) -> tuple[Pose, str]:
-    """The pose a log row puts in the results file, and what it is: "localized", "unverified"
-    (a rejected estimate, with --unverified-pose estimate, whose camera lies in the map's `region`)
-    or the stand-in's kind."""
-    if row["success"]:
-        return Pose.from_qt(row["qvec"], row["tvec"]), "localized"
-    if unverified_pose == "estimate" and row.get("estimate"):
-        est = Pose.from_qt(row["estimate"]["qvec"], row["estimate"]["tvec"])
-        c = est.center
-        if region is None or (np.isfinite(c).all() and np.linalg.norm(c - region[0]) <= region[1]):
-            return est, "unverified"
-    # "fallback": the field's name in logs written before it was called the stand-in
-    return Pose.from_qt(row["qvec"], row["tvec"]), row.get("stand_in") or row.get("fallback") or "top retrieved image"
-
-
 def _read_log(path: Path) -> dict[str, dict]:
     """Rows of an earlier run's log by query; a torn last line (an interruption) ends it."""
     return {r["query"]: r for r in read_jsonl(path) if "query" in r} if path.exists() else {}
@@ -379,7 +349,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
                "unverified": unverified, "unverified_pose": cfg.unverified_pose,
                # queries whose results-file pose is a stand-in, not an estimate
                "stand_in_poses": stand_in,
-               # unverified estimates outside the map's reach (MAP_REACH): the stand-in is written instead
+               # unverified estimates outside the map's reach (localization.MAP_REACH): the stand-in is written instead
                "off_map_estimates": sorted(q for q, (_, what) in written.items()
                                            if what != "unverified" and done[q].get("estimate")
                                            and cfg.unverified_pose == "estimate"),
