@@ -94,7 +94,7 @@ def holdout(names: list[str], every: int) -> list[str]:
     return [n for i, n in enumerate(sorted(names)) if i % every == every // 2]
 
 
-def _sfm(out: Path, placed: dict[str, Photo], preset: str, factor: float, seed: int, copy: bool):
+def _sfm(out: Path, placed: dict[str, Photo], preset: str, factor: float, seed: int):
     """Incremental SfM of every placed photo (reused while photos and settings are unchanged);
     the pycolmap model, with images named by their flat names."""
     import pycolmap
@@ -105,9 +105,7 @@ def _sfm(out: Path, placed: dict[str, Photo], preset: str, factor: float, seed: 
     work = out / SFM_DIR
     image_dir, model_dir = work / "images", work / "model"
     cfg = step_settings(preset, "preprocess")
-    conf = SiftConfig(cfg["max_image_size"], cfg["max_num_features"], cfg["first_octave"], cfg["peak_threshold"],
-                      contrast=cfg["contrast"], affine_shape=cfg["affine_shape"],
-                      domain_size_pooling=cfg["domain_size_pooling"])
+    conf = SiftConfig.of(cfg)
     settings = {"sift": conf.to_json(), "ratio": cfg["ratio"], "default_focal_factor": factor, "seed": seed}
     inputs = {f: records.stamp(p.path) for f, p in sorted(placed.items())}
     key = records.make_key(settings, inputs)
@@ -168,7 +166,7 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
         overwrite = True  # a map of photos is rebuilt in place: its SfM cache decides what is recomputed
     prepare_out(out, src, overwrite, SUMMARY, OWNED, "map of photos")
     write_json(out / SUMMARY, {"converter": "datasets.photos", "complete": False})
-    rec = _sfm(out, placed, preset, default_focal_factor, seed, copy)
+    rec = _sfm(out, placed, preset, default_focal_factor, seed)
     registered = {im.name: im for im in rec.images.values() if im.has_pose}
     unregistered = sorted(set(placed) - set(registered))
     for f in unregistered:

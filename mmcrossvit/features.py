@@ -44,6 +44,11 @@ class SiftConfig:
         if self.contrast not in ("none", "clahe"):
             raise ValueError(f"unknown contrast normalisation {self.contrast!r} (none, clahe)")
 
+    @classmethod
+    def of(cls, settings: dict) -> "SiftConfig":
+        """From a preset's or a run's preprocessing settings (the fields it has)."""
+        return cls(**{f: settings[f] for f in cls.__dataclass_fields__ if f in settings and f != "num_threads"})
+
     @property
     def cpu_only(self) -> bool:
         return self.affine_shape or self.domain_size_pooling

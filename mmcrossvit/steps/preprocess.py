@@ -128,9 +128,7 @@ def _preprocess(run: RunLayout, cfg: argparse.Namespace) -> dict:
     log.info("dataset %s: %s", ds.root, summary)
 
     # 1. features
-    conf = SiftConfig(cfg.max_image_size, cfg.max_num_features, cfg.first_octave, cfg.peak_threshold,
-                      contrast=cfg.contrast, affine_shape=cfg.affine_shape,
-                      domain_size_pooling=cfg.domain_size_pooling)
+    conf = SiftConfig.of(vars(cfg))
     names = db_names + sorted(ds.queries)
     feat_summary = extract_features(ds.images_dir, names, run.features, conf, overwrite=cfg.overwrite,
                                     workers=cfg.workers, device=cfg.device)
