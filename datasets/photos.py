@@ -40,8 +40,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from datasets.converted import prepare_out
 from mmcrossvit import records
+from mmcrossvit.colmap_io import CameraSpec, parse_camera, write_intrinsics
 from mmcrossvit.errors import DataError
 from mmcrossvit.layout import IMAGES, NVM, REFERENCE, GT_POSES, UNKNOWN_FOCAL, Dataset, write_metadata
 from mmcrossvit.photos import DEFAULT_FOCAL_FACTOR, Photo, scan
@@ -148,8 +151,6 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
             default_focal_factor: float = DEFAULT_FOCAL_FACTOR, copy: bool = False, seed: int = 0,
             overwrite: bool = False, progress: bool = True) -> dict:
     """A map dataset from a folder of photos (see the module docstring); returns photos.json's summary."""
-    import numpy as np
-
     from mmcrossvit.geometry import Pose
     t0 = time.perf_counter()
     src, out = Path(photos_dir), Path(out_dir)
@@ -176,13 +177,13 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
         raise DataError(src, f"structure from motion registered {len(registered)} of {len(placed)} photos: a map "
                              f"needs at least {MIN_REGISTERED} (do the photos overlap?)")
     held = set(holdout(sorted(registered), holdout_every))
-    devices = device_cameras([(placed[f], _spec(rec.cameras[im.camera_id])) for f, im in registered.items()
-                              if f not in held])
+    devices = device_cameras([(placed[f], CameraSpec.from_pycolmap(rec.cameras[im.camera_id]))
+                              for f, im in registered.items() if f not in held])
     db, queries, unknown = {}, {}, []
     for f, im in sorted(registered.items()):
         p = placed[f]
         T = im.cam_from_world()
-        pose = Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
+        pose = Pose.from_rigid3d(T)
         if f in held:  # the camera a new photo would get (query_camera); the SfM pose to check against
             name = f"query/day/{HOLDOUT_LABEL}/{f}"
             cam, guessed = query_camera(p, devices)
@@ -191,7 +192,7 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
                 unknown.append(name)
         else:
             name = f"db/{f}"
-            db[name] = (_spec(rec.cameras[im.camera_id]), pose)
+            db[name] = (CameraSpec.from_pycolmap(rec.cameras[im.camera_id]), pose)
         _link(p.path, out / IMAGES / name, copy)
     write_metadata(out, db, queries)
     write_text(out / UNKNOWN_FOCAL, "".join(f"{n}\n" for n in sorted(unknown)))
@@ -212,11 +213,8 @@ def convert(photos_dir: str | Path, out_dir: str | Path, preset: str = "demo", h
     return summary
 
 
-def device_cameras(cams: list[tuple[Photo, "CameraSpec"]]) -> dict[str, "CameraSpec"]:
+def device_cameras(cams: list[tuple[Photo, CameraSpec]]) -> dict[str, CameraSpec]:
     """Per EXIF device of the database photos, their refined cameras' median parameters."""
-    import numpy as np
-
-    from mmcrossvit.colmap_io import CameraSpec
     by: dict[str, list] = {}
     for p, c in cams:
         if p.device:
@@ -226,7 +224,7 @@ def device_cameras(cams: list[tuple[Photo, "CameraSpec"]]) -> dict[str, "CameraS
             for d, cs in by.items() if len({(c.model, c.width, c.height) for c in cs}) == 1}
 
 
-def query_camera(p: Photo, devices: dict) -> tuple["CameraSpec", bool]:
+def query_camera(p: Photo, devices: dict) -> tuple[CameraSpec, bool]:
     """(camera, focal length guessed?): the map's refined camera of the photo's EXIF device when the
     map has one (its distortion included), else the camera its file gives (EXIF or the guess)."""
     if p.device and p.device in devices:
@@ -251,7 +249,6 @@ def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None =
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     made = read_json(root / SUMMARY) if (root / SUMMARY).exists() else {}
-    from mmcrossvit.colmap_io import parse_camera
     devices = {d: parse_camera(root / SUMMARY, None, line.split()) for d, line in made.get("device_cameras", {}).items()}
     taken = {Dataset.results_name(q) for q in ds.queries if not q.startswith(f"query/{label}/")}
     for f in [f for f in placed if f in taken]:  # the results file names queries by basename
@@ -265,9 +262,8 @@ def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None =
         names[f"query/{label}/{f}"] = p
         cams[f"query/{label}/{f}"] = query_camera(p, devices)
         _link(p.path, ds.images_dir / "query" / label / f, copy)
-    from mmcrossvit.colmap_io import write_intrinsics
     write_intrinsics(root / "queries" / f"{label}_queries_with_intrinsics.txt", {n: c for n, (c, _) in cams.items()})
-    unknown = {n for n in read_unknown(root) if not n.startswith(f"query/{label}/")}
+    unknown = {n for n in ds.unknown_focal if not n.startswith(f"query/{label}/")}
     unknown |= {n for n, (_, guessed) in cams.items() if guessed}
     write_text(root / UNKNOWN_FOCAL, "".join(f"{n}\n" for n in sorted(unknown)))
     summary = {"converter": "datasets.photos queries", "source": str(src.resolve()), "label": label,
@@ -277,16 +273,6 @@ def add_queries(photos_dir: str | Path, dataset: str | Path, label: str | None =
                "skipped": skipped}
     write_json(root / "queries" / f"{label}.json", summary)
     return summary
-
-
-def read_unknown(root: Path) -> list[str]:
-    p = Path(root) / UNKNOWN_FOCAL
-    return [n.strip() for n in p.read_text().splitlines() if n.strip()] if p.exists() else []
-
-
-def _spec(cam):
-    from mmcrossvit.colmap_io import CameraSpec
-    return CameraSpec(cam.model.name, int(cam.width), int(cam.height), tuple(float(v) for v in cam.params))
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,10 @@ class CameraSpec:
     height: int
     params: tuple[float, ...]
 
+    @classmethod
+    def from_pycolmap(cls, cam) -> "CameraSpec":
+        return cls(cam.model.name, int(cam.width), int(cam.height), tuple(float(v) for v in cam.params))
+
     def to_pycolmap(self, camera_id: int = 1):
         import pycolmap
         return pycolmap.Camera(model=self.model, width=self.width, height=self.height,

@@ -81,7 +81,7 @@ def read_colmap_cameras_poses(folder: str | Path) -> tuple[dict[str, CameraSpec]
             continue
         cam = rec.cameras[im.camera_id]
         cams[im.name] = check_camera(
-            CameraSpec(cam.model.name, cam.width, cam.height, tuple(float(p) for p in cam.params)),
+            CameraSpec.from_pycolmap(cam),
             folder / f"cameras.{fmt}", _text_line(folder / "cameras.txt", str(im.camera_id)) if fmt == "txt" else None,
             f"camera {im.camera_id} of image {im.name!r}")
         T = im.cam_from_world()
@@ -94,7 +94,7 @@ def read_colmap_cameras_poses(folder: str | Path) -> tuple[dict[str, CameraSpec]
                                    f"translation, got q (w x y z) = {np.round(q[[3, 0, 1, 2]], 6).tolist()}, "
                                    f"t = {np.round(np.asarray(T.translation), 6).tolist()}",
                             _text_line(where, str(im.image_id)) if fmt == "txt" else None)
-        poses[im.name] = Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
+        poses[im.name] = Pose.from_rigid3d(T)
     return cams, poses
 
 

@@ -44,6 +44,11 @@ class Pose:
         return cls(qvec_to_rotmat(qvec), np.asarray(tvec, dtype=np.float64).reshape(3))
 
     @classmethod
+    def from_rigid3d(cls, T) -> "Pose":
+        """From pycolmap's Rigid3d (e.g. an image's cam_from_world())."""
+        return cls(np.asarray(T.rotation.matrix()), np.asarray(T.translation))
+
+    @classmethod
     def from_center(cls, R, center) -> "Pose":
         R = np.asarray(R, dtype=np.float64)
         return cls(R, -R @ np.asarray(center, dtype=np.float64).reshape(3))

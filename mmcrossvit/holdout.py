@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from .colmap_io import read_pairs
@@ -67,7 +66,3 @@ def check(model: SfMModel, features: Path, settings: dict, num_images: int, db_p
 
 def wrong_localized(rows: list[dict], m: float = 5.0, deg: float = 10.0) -> int:
     return int(sum(r["success"] and not (r["error_m"] <= m and r["error_deg"] <= deg) for r in rows))
-
-
-def median(rows: list[dict], key: str) -> float:
-    return float(np.median([r[key] for r in rows])) if rows else float("nan")

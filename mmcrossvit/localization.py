@@ -161,9 +161,8 @@ def estimate_pose(points2d: np.ndarray, points3d: np.ndarray, camera: CameraSpec
     if ret is None:
         return None
     T = ret["cam_from_world"]
-    spec = camera if not refine_focal else CameraSpec(camera.model, camera.width, camera.height,
-                                                      tuple(float(v) for v in cam.params))
-    return PoseEstimate(Pose(np.asarray(T.rotation.matrix()), np.asarray(T.translation)),
+    spec = CameraSpec.from_pycolmap(cam) if refine_focal else camera
+    return PoseEstimate(Pose.from_rigid3d(T),
                         np.asarray(ret["inlier_mask"], bool), spec)
 
 

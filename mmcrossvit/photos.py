@@ -50,8 +50,7 @@ def infer_camera(path: Path, default_focal_factor: float = DEFAULT_FOCAL_FACTOR)
     opts.camera_model = CAMERA_MODEL
     opts.default_focal_length_factor = default_focal_factor
     cam = pycolmap.infer_camera_from_image(str(path), opts)
-    spec = CameraSpec(CAMERA_MODEL, int(cam.width), int(cam.height), tuple(float(v) for v in cam.params))
-    return spec, ("exif" if cam.has_prior_focal_length else "default")
+    return CameraSpec.from_pycolmap(cam), ("exif" if cam.has_prior_focal_length else "default")
 
 
 def _unusable(path: Path) -> str | None:
