@@ -138,10 +138,10 @@ def retrieval_pairs(image_dir: Path, names: list[str], cache: Path, seed: int, d
     from mmcrossvit.device import pick
     from mmcrossvit.retrieval import compute_descriptors, search, stack
     from mmcrossvit.train.weights import imagenet_student
-    from models.encoder import FEATURES
     dev = pick(device)
-    model, fingerprint = imagenet_student(256, FEATURES, seed)
-    desc = compute_descriptors(model.to(dev), {n: image_dir / n for n in names}, 256, cache, fingerprint, 16, dev)
+    model, fingerprint = imagenet_student(seed)
+    size = model.config["img_size"]
+    desc = compute_descriptors(model.to(dev), {n: image_dir / n for n in names}, size, cache, fingerprint, 16, dev)
     D = stack(desc, names)
     idx, _ = search(D, D, min(k, len(names) - 1), index="exact", exclude_self=True)
     return sorted({tuple(sorted((names[i], names[j]))) for i, row in enumerate(idx) for j in row if j >= 0})

@@ -32,7 +32,6 @@ STEP = "pairs"
 S = argparse.SUPPRESS
 DB_PAIRS_PER_IMAGE = 20  # database-to-database neighbours written to pairs-db-retrieval.txt
 DESCRIPTORS = ("auto", "student", "imagenet")
-IMAGENET_IMG_SIZE = 256  # the untrained encoder's input (the demo student's; docs/descriptor.md measured it there)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -69,8 +68,7 @@ def main(run: RunLayout, cfg: argparse.Namespace) -> dict:
         small = getattr(cfg, "small_map", 0)  # a checkpoint given by hand is the student to use
         descriptor = "imagenet" if not cfg.checkpoint and small and len(ds.db_names) < small else "student"
     if descriptor == "imagenet":
-        from models.encoder import FEATURES
-        model, fingerprint = imagenet_student(IMAGENET_IMG_SIZE, FEATURES, cfg.seed)  # square head: GeM's ranking
+        model, fingerprint = imagenet_student(cfg.seed)
         model = model.to(device)
     else:
         ckpt = cfg.checkpoint or run.student_checkpoint

@@ -239,11 +239,16 @@ def load_imagenet_encoder(model: nn.Module, path: Optional[Path] = None) -> int:
     return len(take)
 
 
-def imagenet_student(img_size: int, embed_dim: int, seed: int = 0) -> tuple[nn.Module, str]:
+IMAGENET_IMG_SIZE = 256  # the untrained encoder's input (the demo student's; docs/descriptor.md measured it there)
+
+
+def imagenet_student(seed: int = 0, img_size: int = IMAGENET_IMG_SIZE) -> tuple[nn.Module, str]:
     """The lite0 student as initialised, its encoder holding the ImageNet weights and no training on
-    the scene (a small map's retriever: its GeM-like descriptor ranks places that no training has
-    seen); with the fingerprint that keys its descriptors."""
+    the scene (a small map's retriever, and the photos' SfM pairs); its head is square, so it ranks
+    exactly as the encoder's GeM descriptor. With the fingerprint that keys its descriptors."""
     from models.build import build_student
+    from models.encoder import FEATURES
+    embed_dim = FEATURES
     torch.manual_seed(seed)  # the head's initialisation
     model = build_student(img_size=img_size, embed_dim=embed_dim, backbone='lite0', freeze=7)
     n = load_imagenet_encoder(model)
