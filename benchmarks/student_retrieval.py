@@ -14,9 +14,10 @@ For each trained model it measures, with the model's clean embeddings of every d
   held-out R@K anchors of the validation fold (database images it never saw)
   query R@K    the dataset's queries, positives from ground truth (>= min_shared shared points),
                split by day/night and by landscape/portrait
-and, from the distillation's teacher_distances.npz, histograms of the teacher's squared distances
-of positive and negative training pairs with the kernel weights of sigma = 1 and the calibrated
-sigma. Writes benchmarks/results/student_retrieval.{md,json,png}.
+With --trained, students trained elsewhere (e.g. on a smaller database of the same scene) are
+measured the same way. From the distillation's teacher_distances.npz it draws histograms of the
+teacher's squared distances of positive and negative training pairs, with the kernel weights of
+sigma = 1 and of the calibrated sigma. Writes benchmarks/results/student_retrieval.{md,json,png}.
 """
 from __future__ import annotations
 
@@ -107,15 +108,17 @@ def untrained(preset: str, seed: int, out: Path, common: dict) -> Path:
 
 @torch.no_grad()
 def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: int, ckpt: Path,
-            qds: Dataset | None = None, extra_qpos: list | None = None) -> dict:
+            qds: Dataset | None = None, extra_qpos: list | None = None, cache: Path | None = None) -> dict:
     """Train / held-out / query recall of one checkpoint (clean embeddings, inner product); with
-    `qds`, also the queries of that dataset (same database images), as "day queries (qds)" etc."""
+    `qds`, also the queries of that dataset (same database images), as "day queries (qds)" etc.
+    Descriptors are kept in `cache` (default: beside the checkpoint), a folder of this run's."""
+    cache = cache or ckpt.parent
     model = load_model(ckpt, "cuda" if torch.cuda.is_available() else "cpu", arch="student")
     device = next(model.parameters()).device
     names = [str(n) for n in sdb.names]
     queries = sorted(ds.queries)
     paths = {n: ds.image_path(n) for n in names + queries}
-    desc = compute_descriptors(model, paths, model.config["img_size"], ckpt.parent / "descriptors.h5",
+    desc = compute_descriptors(model, paths, model.config["img_size"], cache / "descriptors.h5",
                                file_fingerprint(ckpt), 32, str(device))
     D, Q = stack(desc, names), stack(desc, queries)
     d_idx, _ = topk(D, D, max(KS), exclude_self=True)
@@ -127,7 +130,7 @@ def measure(run: RunLayout, ds: Dataset, sdb: SpatialDB, qpos: list, val_fold: i
     if qds is not None:  # its own cache: its query names may be the run's for other images
         xq = sorted(qds.queries)
         xdesc = compute_descriptors(model, {q: qds.image_path(q) for q in xq}, model.config["img_size"],
-                                    ckpt.parent / f"descriptors_{qds.root.name}.h5", file_fingerprint(ckpt), 32,
+                                    cache / f"descriptors_{qds.root.name}.h5", file_fingerprint(ckpt), 32,
                                     str(device))
         more = query_groups(qds, xq, topk(stack(xdesc, xq), D, max(KS))[0], extra_qpos)
         out.update({f"{g} ({qds.root.name})": r for g, r in more.items() if g in ("day queries", "night queries")})
@@ -233,6 +236,10 @@ def main(argv=None) -> dict:
     p.add_argument("--extra-queries", type=Path, default=None, metavar="DATASET",
                    help="also measure the queries of this dataset, whose database images are the run's (e.g. the "
                         "same scene generated with more queries: generate(..., num_day=200, num_night=200))")
+    p.add_argument("--trained", nargs="+", default=[], metavar="LABEL=PATH",
+                   help="also measure students trained elsewhere, e.g. on a smaller database of the same scene: "
+                        "'trained on 300=outputs/demo/ablation/student_study/preset_s{seed}/best.pt' ({seed}: each of "
+                        "--seeds); they are measured, not trained")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="only combine the runs of earlier reports (e.g. one per seed, run in parallel under "
                         "different --outputs) into one report")
@@ -244,6 +251,7 @@ def main(argv=None) -> dict:
             common[k.replace("-", "_")] = json.loads(v)
         except ValueError:
             common[k.replace("-", "_")] = v
+    trained = [trained_checkpoints(spec, args.seeds) for spec in args.trained]  # checked before any training
     run = RunLayout.create(args.dataset, args.name, args.outputs, args.database_root)
     if args.merge:
         return report(run, args, argv, merge(args.merge))
@@ -279,7 +287,29 @@ def main(argv=None) -> dict:
         if first.exists() and "kernel" not in results:
             png = Path(str(args.results / args.tag) + "_kernel.png")
             results["kernel"] = {**kernel_figure(first, png), "figure": png.name}
+    for i, (label, ckpts) in enumerate(trained):
+        rows = []
+        for seed, ckpt in zip(args.seeds, ckpts):
+            # the descriptors stay with this run: another run's images may carry the same names
+            m = measure(run, ds, sdb, qpos, val_fold, ckpt, qds, extra_qpos,
+                        cache=run.ablation(f"student_study/trained{i}_s{seed}"))
+            rows.append({"seed": seed, "train_seconds": None, "metrics": m, "checkpoint": str(ckpt)})
+            print(f"{label} seed {seed}: " + ", ".join(f"{g} R@1 {r['R'][1]:.3f}" for g, r in m.items()))
+        results["variants"][f"trained{i}"] = {"label": label, "runs": rows}
+        write_json(str(args.results / args.tag) + ".json", results)
     return report(run, args, argv, results)
+
+
+def trained_checkpoints(spec: str, seeds: list[int]) -> tuple[str, list[Path]]:
+    """--trained LABEL=PATH: the label and one existing checkpoint per seed ({seed} in PATH)."""
+    label, sep, pattern = spec.partition("=")
+    if not sep or not label or not pattern:
+        raise SystemExit(f"error: --trained {spec!r}: expected LABEL=PATH")
+    ckpts = [Path(pattern.replace("{seed}", str(seed))) for seed in seeds]
+    for c in ckpts:
+        if not c.is_file():
+            raise SystemExit(f"error: --trained {label!r}: no checkpoint {c}")
+    return label, ckpts
 
 
 def merge(files: list[Path]) -> dict:
@@ -316,7 +346,8 @@ def report(run: RunLayout, args, argv, results: dict) -> dict:
             rs = [run_["metrics"].get(g, {}).get("R", {}) for run_ in r["runs"]]
             return mean_sd([x.get(k, x.get(str(k))) for x in rs])  # int keys, or str after JSON
         table.append([r["label"]] + [col(g) for g in groups] + [col(g, k) for k in (5, 20) for g in deep] + [
-                     f"{np.mean([x['train_seconds'] or 0 for x in r['runs']]):.0f}"])
+                     "-" if all(x["train_seconds"] is None for x in r["runs"])  # measured, not trained here
+                     else f"{np.mean([x['train_seconds'] or 0 for x in r['runs']]):.0f}"])
     md.append(markdown_table(header, table))
     n = {g: results["variants"][variants[0]]["runs"][0]["metrics"].get(g, {}).get("anchors")
          for g in groups}
